@@ -1,0 +1,55 @@
+# Two commands set up a fresh Debian machine with Python 3.11: `make run` and `make test`.
+# Every install step lives here, idempotent, so CI's clean clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTRITON := $(VENV)/opt/pytriton
+PROTO_SRC := protos/imagesvc/v1/image_service.proto
+PROTO_OUT := imagesvc/v1/image_service_pb2.py
+BUF := npx --yes @bufbuild/buf@1.75.0
+NVIDIA_PYTRITON := nvidia-pytriton==0.7.0
+
+.PHONY: install proto run test test-fast lint-proto bench clean
+
+install: $(STAMP) $(PROTO_OUT)
+
+# The Triton python-backend stub links libpython3.11.so.1.0 from Debian's libpython3.11.
+$(STAMP): pyproject.toml
+	@if ! dpkg -s libpython3.11 >/dev/null 2>&1; then \
+	  echo "installing Debian libpython3.11 (needed by the Triton python backend stub)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpython3.11; \
+	fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# nvidia-pytriton is used only for the tritonserver binary and backends it ships; its Python
+	# API pins numpy<2, so it goes into its own folder without its dependencies.
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(PYTRITON) $(NVIDIA_PYTRITON)
+	touch $@
+
+$(PROTO_OUT): $(PROTO_SRC) $(STAMP)
+	mkdir -p imagesvc/v1
+	touch imagesvc/v1/__init__.py
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+
+proto: $(PROTO_OUT)
+
+lint-proto:
+	cd protos && $(BUF) lint
+
+run: install
+	$(BIN)/python -m imagesvc.devrun
+
+test: install lint-proto
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not triton"
+
+bench: install
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf $(VENV) imagesvc/v1 .pytest_cache

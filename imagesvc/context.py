@@ -1,0 +1,87 @@
+"""Per-request state that pipeline steps read and update."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyvips
+
+from imagesvc.errors import Cancelled, DeadlineExceeded
+from imagesvc.geometry import Affine, Box
+from imagesvc.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedObject:
+    class_name: str
+    confidence: float
+    box: Box  # oriented source-image pixels
+
+
+@dataclass(frozen=True, slots=True)
+class Degradation:
+    reason: str  # UPPER_SNAKE, e.g. DETECTION_UNAVAILABLE
+    operation: str  # proto oneof field name; "" for the request as a whole
+    message: str
+
+
+@dataclass(slots=True)
+class StepContext:
+    """What a step may know beyond its own options.
+
+    Contract: a step that changes geometry composes its mapping into ``transform`` (source ->
+    current pixels), so ``objects_in`` stays right after resizes, crops, turns and flips.
+    """
+
+    settings: Settings
+    deadline: float  # time.monotonic() value
+    source_size: tuple[int, int]  # oriented source width, height
+    transform: Affine = field(default_factory=Affine)
+    # Set when shrink-on-load decoded the source smaller than it is: the size the first resize
+    # must compute its geometry from, so results do not depend on the decoder's shrink factor.
+    logical_size: tuple[int, int] | None = None
+    # True once the pipeline reads from memory, so steps needing random access can re-read.
+    in_memory: bool = False
+    objects: list[DetectedObject] | None = None  # None: detection has not run
+    detection_failure: str | None = None  # reason when detection was unavailable
+    degradations: list[Degradation] = field(default_factory=list)
+    cancelled: bool = False
+
+    def check_deadline(self) -> None:
+        if self.cancelled:
+            raise Cancelled("the caller cancelled the request")
+        if time.monotonic() > self.deadline:
+            raise DeadlineExceeded("the deadline passed while the image was being processed")
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def map(self, transform: Affine) -> None:
+        self.transform = self.transform.then(transform)
+
+    def random_access(self, image: pyvips.Image) -> pyvips.Image:
+        """The image in a form that may be read more than once (sequential loads may not)."""
+        if self.in_memory:
+            return image
+        self.in_memory = True
+        return image.copy_memory()
+
+    def degrade(self, reason: str, operation: str, message: str) -> None:
+        item = Degradation(reason, operation, message)
+        if item not in self.degradations:
+            self.degradations.append(item)
+
+    def objects_in(
+        self, image: pyvips.Image, classes: frozenset[str] | None
+    ) -> list[tuple[DetectedObject, Box]]:
+        """Detections of the given classes (None: all) with their boxes in the current image,
+        clipped to it; objects cropped away are left out."""
+        found = []
+        for obj in self.objects or ():
+            if classes is not None and obj.class_name not in classes:
+                continue
+            box = self.transform.box(obj.box).clip(image.width, image.height)
+            if box is not None:
+                found.append((obj, box))
+        return found

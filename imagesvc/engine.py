@@ -1,0 +1,367 @@
+"""The pipeline engine: admission, decode (with shrink-on-load), chained pipelines, detection on
+demand, and encode.
+
+Image work runs on a bounded thread pool (pyvips releases the GIL inside libvips), one step per
+hop, with the deadline checked between steps; detection is awaited on the event loop between
+steps, so a slow Triton never holds a CPU worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pyvips
+
+from imagesvc import vips
+from imagesvc.context import Degradation, DetectedObject, StepContext
+from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded
+from imagesvc.geometry import Affine, Box
+from imagesvc.ops import auto_rotate, resize
+from imagesvc.ops.background import flatten
+from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest
+from imagesvc.settings import Settings
+from imagesvc.telemetry.metrics import Metrics
+from inference.detection import Detection
+from inference.errors import InferenceUnavailable
+
+T = TypeVar("T")
+
+WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif", "tiff")
+ALPHA_FORMATS = ("png", "webp", "avif", "gif", "tiff")
+# Loaders that can decode at a reduced size, and the largest factor each offers.
+SHRINK_ON_LOAD = {"jpeg": 8, "webp": 8}
+
+
+class Detector(Protocol):
+    @property
+    def classes(self) -> frozenset[str]: ...
+
+    async def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    data: bytes
+    format: str
+    width: int
+    height: int
+    objects: tuple[DetectedObject, ...]
+    degradations: tuple[Degradation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DescribeResult:
+    format: str
+    width: int
+    height: int
+    orientation: int
+    has_alpha: bool
+    size_bytes: int
+    pages: int
+    objects: tuple[DetectedObject, ...]
+    degradations: tuple[Degradation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    image: pyvips.Image  # opened lazily, sequential access, nothing decoded yet
+    format: str
+    orientation: int
+
+    @property
+    def oriented_size(self) -> tuple[int, int]:
+        w, h = self.image.width, self.image.height
+        return (h, w) if self.orientation >= 5 else (w, h)
+
+
+def open_header(data: bytes, settings: Settings, *, shrink: int = 1) -> Header:
+    """Open the source without decoding pixels and enforce the pixel limit from its header."""
+    fmt = vips.loader_for(data)
+    options: dict = {"access": "sequential", "fail_on": "error"}
+    if shrink > 1:
+        options.update({"shrink": shrink} if fmt == "jpeg" else {"scale": 1 / shrink})
+    try:
+        image = pyvips.Image.new_from_buffer(data, "", **options)
+    except pyvips.Error as error:
+        raise vips.classify(error) from error
+    pixels = image.width * image.height
+    if shrink == 1 and pixels > settings.max_src_pixels:
+        raise ImageTooLarge(
+            f"source is {image.width}x{image.height} ({pixels / 1e6:.1f} MP), over the "
+            f"{settings.max_src_resolution_mp:g} MP limit",
+            metadata={
+                "width": str(image.width),
+                "height": str(image.height),
+                "limit_megapixels": f"{settings.max_src_resolution_mp:g}",
+            },
+        )
+    return Header(image, fmt, auto_rotate.orientation_of(image))
+
+
+def plan_shrink_on_load(header: Header, pipelines: Sequence[Sequence[PlannedOp]]) -> int:
+    """Decoder shrink factor for a request whose first pipeline starts with a resize.
+
+    The factor keeps the decoded image at least as large as the resize's output, so the resize
+    step then only finishes the job (as libvips' thumbnail does).
+    """
+    limit = SHRINK_ON_LOAD.get(header.format)
+    if not limit or not pipelines or not pipelines[0]:
+        return 1
+    first = next((op for op in pipelines[0] if op.name != "auto_rotate"), None)
+    if first is None or first.name != "resize":
+        return 1
+    src_w, src_h = header.oriented_size
+    geometry = resize.plan(src_w, src_h, first.options)
+    scale = max(geometry.resized[0] / src_w, geometry.resized[1] / src_h)
+    shrink = 1
+    while shrink * 2 <= limit and scale * shrink * 2 <= 1.0:
+        shrink *= 2
+    return shrink
+
+
+def encode(image: pyvips.Image, output: OutputSpec, source_format: str, settings: Settings):
+    """Encode with the requested (or the source's) format and quality; returns bytes, format."""
+    fmt = output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
+    quality = (
+        output.quality
+        or output.format_quality.get(fmt)
+        or settings.format_quality.get(fmt)
+        or settings.quality
+    )
+    if image.get_typeof("icc-profile-data") and not output.keep_icc:
+        # Convert to sRGB through the embedded profile, then drop it: browsers assume sRGB.
+        image = image.icc_transform("srgb", embedded=True, intent="perceptual")
+        image = image.copy()
+        image.remove("icc-profile-data")
+    if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
+        image = image.colourspace("b-w" if image.bands <= 2 else "srgb").cast("uchar")
+    if image.hasalpha() and fmt not in ALPHA_FORMATS:
+        image = flatten(image, (255, 255, 255))
+    if output.strip_metadata:
+        keep = "icc" if output.keep_icc else "none"
+    else:
+        keep = "all"
+    if fmt == "jpeg":
+        data = image.jpegsave_buffer(Q=quality, keep=keep, optimize_coding=True)
+    elif fmt == "png":
+        data = image.pngsave_buffer(compression=6, keep=keep)
+    elif fmt == "webp":
+        data = image.webpsave_buffer(Q=quality, effort=settings.webp_effort, keep=keep)
+    elif fmt == "avif":
+        data = image.heifsave_buffer(
+            Q=quality, compression="av1", effort=settings.avif_effort, keep=keep
+        )
+    elif fmt == "gif":
+        data = image.gifsave_buffer(keep=keep)
+    else:
+        data = image.tiffsave_buffer(compression="deflate", keep=keep)
+    return data, fmt
+
+
+def detector_input(image: pyvips.Image, max_side: int) -> np.ndarray:
+    """A downscaled sRGB uint8 HxWx3 copy for the detector."""
+    preview = image.thumbnail_image(max_side, height=max_side, size="down")
+    if preview.hasalpha():
+        preview = flatten(preview, (255, 255, 255))
+    if preview.interpretation != "srgb" or preview.format != "uchar":
+        preview = preview.colourspace("srgb").cast("uchar")
+    preview = preview.extract_band(0, n=3) if preview.bands > 3 else preview
+    if preview.bands == 1:
+        preview = preview.bandjoin([preview, preview])
+    return preview.numpy()
+
+
+class Engine:
+    """Runs requests; owns the worker pool and the admission limits."""
+
+    def __init__(
+        self, settings: Settings, detector: Detector | None, metrics: Metrics
+    ) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="vips")
+        self._slots = asyncio.Semaphore(settings.workers)
+        self._waiting = 0
+
+    @property
+    def known_classes(self) -> frozenset[str]:
+        return self.detector.classes if self.detector is not None else frozenset()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @asynccontextmanager
+    async def admitted(self):
+        """Hold a worker slot for the whole request; refuse at once when the queue is full."""
+        if self._slots.locked() and self._waiting >= self.settings.max_queue:
+            raise Overloaded(
+                "all image workers are busy and the wait queue is full",
+                metadata={"workers": str(self.settings.workers)},
+            )
+        self._waiting += 1
+        self.metrics.queue_depth(1)
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+            self.metrics.queue_depth(-1)
+        self.metrics.images_in_progress(1)
+        try:
+            yield
+        finally:
+            self.metrics.images_in_progress(-1)
+            self._slots.release()
+
+    async def _work(self, func: Callable[..., T], *args) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, func, *args)
+        except pyvips.Error as error:
+            raise vips.classify(error) from error
+
+    async def _timed_step(self, name: str, func: Callable[..., T], *args) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._work(func, *args)
+        finally:
+            self.metrics.step(name, time.perf_counter() - started)
+
+    # --- ProcessImage ----------------------------------------------------------------------
+
+    async def process(self, request: ProcessRequest, ctx_deadline: float) -> ProcessResult:
+        async with self.admitted():
+            return await self._process(request, ctx_deadline)
+
+    def _load(self, request: ProcessRequest) -> tuple[pyvips.Image, Header, StepContext]:
+        header = open_header(request.data, self.settings)
+        shrink = plan_shrink_on_load(header, request.pipelines)
+        image = header.image
+        if shrink > 1:
+            image = open_header(request.data, self.settings, shrink=shrink).image
+        src_w, src_h = header.oriented_size if self.settings.auto_rotate else (
+            header.image.width,
+            header.image.height,
+        )
+        ctx = StepContext(self.settings, 0.0, (src_w, src_h))
+        if self.settings.auto_rotate and header.orientation != 1:
+            image = ctx.random_access(image).autorot()
+        if (image.width, image.height) != (src_w, src_h):
+            ctx.logical_size = (src_w, src_h)
+            ctx.transform = Affine.scale(image.width / src_w, image.height / src_h)
+        return image, header, ctx
+
+    async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
+        image, header, ctx = await self._timed_step("load", self._load, request)
+        ctx.deadline = deadline
+        self.metrics.image_bytes("input", header.format, len(request.data))
+        for pipeline in request.pipelines:
+            for op in pipeline:
+                ctx.check_deadline()
+                if ctx.objects is None and op.spec.needs_detections(op.options):
+                    image = await self._detect(image, ctx)
+                    ctx.check_deadline()
+                image = await self._timed_step(op.name, op.spec.run, image, op.options, ctx)
+        ctx.check_deadline()
+        data, fmt = await self._timed_step(
+            "encode", encode, image, request.output, header.format, self.settings
+        )
+        self.metrics.image_bytes("output", fmt, len(data))
+        width, height = await self._work(lambda: (image.width, image.height))
+        for item in ctx.degradations:
+            self.metrics.degradation(item.reason, item.operation)
+        return ProcessResult(
+            data, fmt, width, height, tuple(ctx.objects or ()), tuple(ctx.degradations)
+        )
+
+    async def _detect(self, image: pyvips.Image, ctx: StepContext) -> pyvips.Image:
+        """Run detection on the current image; store results in source coordinates."""
+        image = await self._work(ctx.random_access, image)
+        rgb = await self._timed_step("detect_prepare", detector_input, image, self._max_side())
+        detections = await self._call_detector(rgb, ctx)
+        if detections is not None:
+            to_current = Affine.scale(image.width / rgb.shape[1], image.height / rgb.shape[0])
+            to_source = to_current.then(ctx.transform.inverse())
+            ctx.objects = [
+                DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)))
+                for d in detections
+            ]
+        return image
+
+    def _max_side(self) -> int:
+        return self.settings.detection_max_side
+
+    async def _call_detector(self, rgb: np.ndarray, ctx: StepContext) -> list[Detection] | None:
+        if self.detector is None:
+            ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
+            ctx.objects = []
+            return None
+        try:
+            return await self.detector.detect(rgb)
+        except InferenceUnavailable as error:
+            ctx.detection_failure = error.reason
+            ctx.objects = []
+            return None
+
+    # --- DescribeImage ---------------------------------------------------------------------
+
+    async def describe(self, data: bytes, detect: bool, deadline: float) -> DescribeResult:
+        async with self.admitted():
+            header = await self._work(open_header, data, self.settings)
+            image = header.image
+            pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+            objects: tuple[DetectedObject, ...] = ()
+            degradations: tuple[Degradation, ...] = ()
+            if detect:
+                src_w, src_h = header.oriented_size
+                ctx = StepContext(self.settings, deadline, (src_w, src_h))
+                rgb = await self._timed_step("detect_prepare", self._describe_preview, data)
+                detections = await self._call_detector(rgb, ctx)
+                if detections is not None:
+                    to_source = Affine.scale(src_w / rgb.shape[1], src_h / rgb.shape[0])
+                    objects = tuple(
+                        DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)))
+                        for d in detections
+                    )
+                if ctx.detection_failure is not None:
+                    ctx.degrade(
+                        "DETECTION_UNAVAILABLE",
+                        "",
+                        f"detection unavailable ({ctx.detection_failure}), no detections",
+                    )
+                degradations = tuple(ctx.degradations)
+                for item in degradations:
+                    self.metrics.degradation(item.reason, "describe")
+            return DescribeResult(
+                format=header.format,
+                width=image.width,
+                height=image.height,
+                orientation=header.orientation,
+                has_alpha=bool(image.hasalpha()),
+                size_bytes=len(data),
+                pages=pages,
+                objects=objects,
+                degradations=degradations,
+            )
+
+    def _describe_preview(self, data: bytes) -> np.ndarray:
+        # thumbnail_buffer shrinks on load and applies the EXIF orientation.
+        side = self._max_side()
+        image = pyvips.Image.thumbnail_buffer(
+            data, side, height=side, size="down", option_string="fail_on=error"
+        )
+        return detector_input(image, side)
+
+
+def _box(detection: Detection) -> Box:
+    return Box(detection.left, detection.top, detection.width, detection.height)
+
+
+__all__ = ["Engine", "ProcessResult", "DescribeResult", "ImageSvcError"]

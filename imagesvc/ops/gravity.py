@@ -1,0 +1,102 @@
+"""Where a crop of a given size goes: compass, focus point, smart (libvips attention) and object
+gravity. Shared by resize (fill) and crop."""
+
+from __future__ import annotations
+
+import pyvips
+
+from imagesvc.context import StepContext
+from imagesvc.options import (
+    CompassGravity,
+    FocusPointGravity,
+    Gravity,
+    ObjectGravity,
+    SmartGravity,
+)
+
+
+def _offset(value: float, side: int) -> float:
+    # imgproxy: offsets >= 1 are pixels, smaller ones a fraction of the image side.
+    return value if value >= 1 else value * side
+
+
+def compass_position(
+    width: int, height: int, crop_w: int, crop_h: int, gravity: CompassGravity
+) -> tuple[int, int]:
+    """Top-left corner of a crop_w x crop_h window inside width x height."""
+    pos = gravity.position
+    dx, dy = _offset(gravity.x_offset, width), _offset(gravity.y_offset, height)
+    if "west" in pos:
+        left = dx
+    elif "east" in pos:
+        left = width - crop_w - dx
+    else:
+        left = (width - crop_w) / 2 + dx
+    if pos.startswith("north"):
+        top = dy
+    elif pos.startswith("south"):
+        top = height - crop_h - dy
+    else:
+        top = (height - crop_h) / 2 + dy
+    return _clamp(left, width - crop_w), _clamp(top, height - crop_h)
+
+
+def centred_on(
+    width: int, height: int, crop_w: int, crop_h: int, cx: float, cy: float
+) -> tuple[int, int]:
+    """Window centred on (cx, cy) as far as the image edges allow."""
+    return _clamp(cx - crop_w / 2, width - crop_w), _clamp(cy - crop_h / 2, height - crop_h)
+
+
+def _clamp(value: float, upper: int) -> int:
+    return int(round(min(max(value, 0.0), max(upper, 0))))
+
+
+def smart_centre(image: pyvips.Image, crop_w: int, crop_h: int) -> tuple[float, float]:
+    """Centre of libvips' attention crop (edges, skin tones, saturated colours)."""
+    _, extra = image.smartcrop(
+        crop_w, crop_h, interesting="attention", attention_x=True, attention_y=True
+    )
+    return float(extra["attention_x"]), float(extra["attention_y"])
+
+
+def crop_position(
+    image: pyvips.Image,
+    crop_w: int,
+    crop_h: int,
+    gravity: Gravity,
+    ctx: StepContext,
+    operation: str,
+) -> tuple[pyvips.Image, int, int]:
+    """Place the crop; returns the image (possibly made random-access) and the top-left corner.
+
+    Object gravity centres the crop on the union of the matching detections; with none found it
+    falls back to smart gravity, and when detection was unavailable it says so as a degradation.
+    """
+    width, height = image.width, image.height
+    if isinstance(gravity, CompassGravity):
+        return (image, *compass_position(width, height, crop_w, crop_h, gravity))
+    if isinstance(gravity, FocusPointGravity):
+        return (
+            image,
+            *centred_on(width, height, crop_w, crop_h, gravity.x * width, gravity.y * height),
+        )
+    if isinstance(gravity, ObjectGravity):
+        found = ctx.objects_in(image, gravity.classes)
+        if found:
+            left = min(box.left for _, box in found)
+            top = min(box.top for _, box in found)
+            right = max(box.right for _, box in found)
+            bottom = max(box.bottom for _, box in found)
+            cx, cy = (left + right) / 2, (top + bottom) / 2
+            return (image, *centred_on(width, height, crop_w, crop_h, cx, cy))
+        if ctx.detection_failure is not None:
+            ctx.degrade(
+                "DETECTION_UNAVAILABLE",
+                operation,
+                f"detection unavailable ({ctx.detection_failure}), fell back to smart crop",
+            )
+    assert isinstance(gravity, (SmartGravity, ObjectGravity))
+    image = ctx.random_access(image)
+    cx, cy = smart_centre(image, crop_w, crop_h)
+    return (image, *centred_on(width, height, crop_w, crop_h, cx, cy))

@@ -1,0 +1,232 @@
+"""Request parsing: proto messages become immutable option values, validated once, at the edge.
+
+Steps never see protobuf objects or "0 means unset" integers. Every rule a request breaks is
+collected into one ``InvalidRequest`` with a field violation per problem (AIP-193), so a caller
+fixes a bad pipeline in one round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from imagesvc.errors import FieldViolation, InvalidRequest
+from imagesvc.settings import Settings
+from imagesvc.v1 import image_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from imagesvc.ops.registry import OpSpec
+
+ALL_CLASSES = "all"
+
+# Proto enum -> the format names used in settings, saving and metrics.
+FORMAT_BY_ENUM = {
+    pb.IMAGE_FORMAT_JPEG: "jpeg",
+    pb.IMAGE_FORMAT_PNG: "png",
+    pb.IMAGE_FORMAT_WEBP: "webp",
+    pb.IMAGE_FORMAT_AVIF: "avif",
+    pb.IMAGE_FORMAT_GIF: "gif",
+    pb.IMAGE_FORMAT_TIFF: "tiff",
+}
+ENUM_BY_FORMAT = {name: value for value, name in FORMAT_BY_ENUM.items()}
+
+COMPASS_BY_ENUM = {
+    pb.COMPASS_UNSPECIFIED: "center",
+    pb.COMPASS_CENTER: "center",
+    pb.COMPASS_NORTH: "north",
+    pb.COMPASS_SOUTH: "south",
+    pb.COMPASS_EAST: "east",
+    pb.COMPASS_WEST: "west",
+    pb.COMPASS_NORTH_EAST: "north_east",
+    pb.COMPASS_NORTH_WEST: "north_west",
+    pb.COMPASS_SOUTH_EAST: "south_east",
+    pb.COMPASS_SOUTH_WEST: "south_west",
+}
+
+
+class Violations:
+    """Collects field violations while a request is parsed."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, path: str, description: str) -> None:
+        self.items.append(FieldViolation(path, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items[:5])
+            more = f" (+{len(self.items) - 5} more)" if len(self.items) > 5 else ""
+            raise InvalidRequest(f"invalid request: {summary}{more}", violations=self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseContext:
+    settings: Settings
+    # Class names the configured detector can return; empty when none is configured.
+    known_classes: frozenset[str]
+    violations: Violations
+
+
+# --- Gravity --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CompassGravity:
+    position: str = "center"
+    x_offset: float = 0.0  # >= 1: pixels, < 1: fraction of the image side
+    y_offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FocusPointGravity:
+    x: float
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
+class SmartGravity:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectGravity:
+    classes: frozenset[str] | None  # None: every class
+
+
+Gravity = CompassGravity | FocusPointGravity | SmartGravity | ObjectGravity
+CENTER = CompassGravity()
+
+
+def parse_compass(msg: pb.CompassGravity, path: str, pctx: ParseContext) -> CompassGravity:
+    for name in ("x_offset", "y_offset"):
+        if getattr(msg, name) < 0:
+            pctx.violations.add(f"{path}.{name}", "must be >= 0")
+    return CompassGravity(COMPASS_BY_ENUM.get(msg.position, "center"), msg.x_offset, msg.y_offset)
+
+
+def parse_gravity(msg: pb.Gravity, path: str, pctx: ParseContext) -> Gravity:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        return CENTER
+    if kind == "compass":
+        return parse_compass(msg.compass, f"{path}.compass", pctx)
+    if kind == "focus_point":
+        fp = msg.focus_point
+        for name in ("x", "y"):
+            if not 0.0 <= getattr(fp, name) <= 1.0:
+                pctx.violations.add(f"{path}.focus_point.{name}", "must be within 0..1")
+        return FocusPointGravity(fp.x, fp.y)
+    if kind == "smart":
+        return SmartGravity()
+    return ObjectGravity(parse_classes(msg.object.classes, f"{path}.object.classes", pctx))
+
+
+def parse_classes(classes: Any, path: str, pctx: ParseContext) -> frozenset[str] | None:
+    """Class filter of a detection op: None means every class ("all" or an empty list)."""
+    names = [c.strip().lower() for c in classes]
+    if not names or ALL_CLASSES in names:
+        return None
+    for index, name in enumerate(names):
+        if name not in pctx.known_classes:
+            known = ", ".join(sorted(pctx.known_classes | {ALL_CLASSES}))
+            pctx.violations.add(f"{path}[{index}]", f"unknown class {name!r}; known: {known}")
+    return frozenset(names)
+
+
+def check_range(
+    pctx: ParseContext, path: str, value: float, low: float, high: float, *, low_open: bool = False
+) -> None:
+    if (value <= low if low_open else value < low) or value > high:
+        bracket = "(" if low_open else "["
+        pctx.violations.add(path, f"must be within {bracket}{low:g}, {high:g}]")
+
+
+# --- Request --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    format: str | None  # None: the source's format when writable, else jpeg
+    quality: int | None  # explicit quality; None: format_quality, then settings
+    format_quality: dict[str, int] = field(default_factory=dict)
+    strip_metadata: bool = True
+    keep_icc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedOp:
+    name: str  # the proto oneof field name, e.g. "resize"
+    spec: OpSpec
+    options: Any  # the op module's frozen options value
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRequest:
+    data: bytes
+    pipelines: tuple[tuple[PlannedOp, ...], ...]
+    output: OutputSpec
+
+    @property
+    def needs_detections(self) -> bool:
+        return any(op.spec.needs_detections(op.options) for p in self.pipelines for op in p)
+
+
+def parse_source(msg: pb.ImageSource, path: str, pctx: ParseContext) -> bytes:
+    if msg.WhichOneof("kind") != "data" or not msg.data:
+        pctx.violations.add(f"{path}.data", "the source image bytes are required")
+        return b""
+    return msg.data
+
+
+def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
+    fmt = None
+    if msg.format != pb.IMAGE_FORMAT_UNSPECIFIED:
+        fmt = FORMAT_BY_ENUM.get(msg.format)
+        if fmt is None:
+            pctx.violations.add("output.format", f"unknown format {msg.format}")
+    if msg.quality:
+        check_range(pctx, "output.quality", msg.quality, 1, 100)
+    per_format: dict[str, int] = {}
+    for index, fq in enumerate(msg.format_quality):
+        name = FORMAT_BY_ENUM.get(fq.format)
+        if name is None:
+            pctx.violations.add(f"output.format_quality[{index}].format", "a format is required")
+            continue
+        check_range(pctx, f"output.format_quality[{index}].quality", fq.quality, 1, 100)
+        per_format[name] = fq.quality
+    strip = msg.strip_metadata if msg.HasField("strip_metadata") else True
+    return OutputSpec(fmt, msg.quality or None, per_format, strip, msg.keep_icc)
+
+
+def parse_process_request(
+    msg: pb.ProcessImageRequest, settings: Settings, known_classes: frozenset[str]
+) -> ProcessRequest:
+    """Validate a ProcessImageRequest; raises InvalidRequest listing every violation."""
+    from imagesvc.ops.registry import OPS  # the registry imports option types from here
+
+    pctx = ParseContext(settings, known_classes, Violations())
+    data = parse_source(msg.source, "source", pctx)
+    if len(msg.pipelines) > settings.max_pipelines:
+        pctx.violations.add("pipelines", f"at most {settings.max_pipelines} chained pipelines")
+    pipelines = []
+    for p_index, pipeline in enumerate(msg.pipelines):
+        if len(pipeline.operations) > settings.max_operations:
+            pctx.violations.add(
+                f"pipelines[{p_index}].operations",
+                f"at most {settings.max_operations} operations per pipeline",
+            )
+        planned = []
+        for o_index, operation in enumerate(pipeline.operations):
+            path = f"pipelines[{p_index}].operations[{o_index}]"
+            name = operation.WhichOneof("op")
+            if name is None:
+                pctx.violations.add(path, "an operation must set one of its fields")
+                continue
+            spec = OPS[name]
+            options = spec.parse(getattr(operation, name), f"{path}.{name}", pctx)
+            planned.append(PlannedOp(name, spec, options))
+        pipelines.append(tuple(planned))
+    output = parse_output(msg.output, pctx)
+    pctx.violations.raise_if_any()
+    return ProcessRequest(data, tuple(pipelines), output)

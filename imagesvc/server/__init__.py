@@ -1,0 +1,1 @@
+"""gRPC server: bootstrap (app), the thin servicer, interceptors and health reporting."""

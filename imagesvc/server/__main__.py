@@ -1,0 +1,3 @@
+from imagesvc.server.app import main
+
+main()

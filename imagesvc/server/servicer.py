@@ -1,0 +1,81 @@
+"""ImageService: proto in, options out, engine, proto back. No image logic lives here."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from imagesvc.context import Degradation, DetectedObject
+from imagesvc.engine import Engine
+from imagesvc.options import ENUM_BY_FORMAT, Violations, parse_process_request
+from imagesvc.settings import Settings
+from imagesvc.v1 import image_service_pb2 as pb
+from imagesvc.v1 import image_service_pb2_grpc as pb_grpc
+
+
+class ImageServiceServicer(pb_grpc.ImageServiceServicer):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        if remaining is None or remaining > 1e8:  # no deadline set by the caller
+            remaining = self._settings.default_deadline_s
+        return time.monotonic() + remaining
+
+    async def ProcessImage(
+        self, request: pb.ProcessImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ProcessImageResponse:
+        options = parse_process_request(request, self._settings, self._engine.known_classes)
+        result = await self._engine.process(options, self._deadline(context))
+        return pb.ProcessImageResponse(
+            data=result.data,
+            format=ENUM_BY_FORMAT[result.format],
+            width=result.width,
+            height=result.height,
+            detections=[_detection(obj) for obj in result.objects],
+            degradations=[_degradation(item) for item in result.degradations],
+        )
+
+    async def DescribeImage(
+        self, request: pb.DescribeImageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DescribeImageResponse:
+        violations = Violations()
+        if request.source.WhichOneof("kind") != "data" or not request.source.data:
+            violations.add("source.data", "the source image bytes are required")
+        violations.raise_if_any()
+        result = await self._engine.describe(
+            request.source.data, request.detect, self._deadline(context)
+        )
+        return pb.DescribeImageResponse(
+            format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),
+            width=result.width,
+            height=result.height,
+            orientation=result.orientation,
+            has_alpha=result.has_alpha,
+            size_bytes=result.size_bytes,
+            pages=result.pages,
+            detections=[_detection(obj) for obj in result.objects],
+            degradations=[_degradation(item) for item in result.degradations],
+        )
+
+
+def _detection(obj: DetectedObject) -> pb.Detection:
+    box = obj.box
+    left, top = max(0, round(box.left)), max(0, round(box.top))
+    return pb.Detection(
+        class_name=obj.class_name,
+        confidence=obj.confidence,
+        box=pb.BoundingBox(
+            left=left,
+            top=top,
+            width=max(0, round(box.right) - left),
+            height=max(0, round(box.bottom) - top),
+        ),
+    )
+
+
+def _degradation(item: Degradation) -> pb.Degradation:
+    return pb.Degradation(reason=item.reason, operation=item.operation, message=item.message)

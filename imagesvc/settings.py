@@ -1,0 +1,138 @@
+"""Service configuration: every key comes from an ``IMAGESVC_*`` environment variable.
+
+Settings are read and validated once in ``main()`` before any port opens, so a bad value fails
+the start instead of the first request. The README's configuration table mirrors this class.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Output formats a request may name, keyed by the names used in env vars.
+FORMAT_NAMES = ("jpeg", "png", "webp", "avif", "gif", "tiff")
+# Source formats the service can decode; each maps to the libvips loader classes it unblocks.
+SOURCE_FORMAT_LOADERS = {
+    "jpeg": ("VipsForeignLoadJpeg",),
+    "png": ("VipsForeignLoadPng",),
+    "webp": ("VipsForeignLoadWebp",),
+    "gif": ("VipsForeignLoadNsgif", "VipsForeignLoadGif"),
+    "avif": ("VipsForeignLoadHeif",),
+    "tiff": ("VipsForeignLoadTiff",),
+}
+
+
+def _default_workers() -> int:
+    # os.cpu_count() ignores cgroup CPU quotas; sched_getaffinity at least honours cpusets.
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    """imagesvc configuration (prefix ``IMAGESVC_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGESVC_", frozen=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free port).")
+    metrics_host: str = Field("127.0.0.1", description="Address of the Prometheus endpoint.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics port; 0 disables the endpoint."
+    )
+    workers: int = Field(
+        default_factory=_default_workers, ge=1, description="Images processed at once (CPU pool)."
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="Requests allowed to wait for a worker; beyond it RESOURCE_EXHAUSTED.",
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest gRPC request/response message."
+    )
+    max_src_resolution_mp: float = Field(
+        50.0, gt=0, description="Largest source in megapixels (width x height x frames)."
+    )
+    max_pipelines: int = Field(10, ge=1, description="Most chained pipelines in one request.")
+    max_operations: int = Field(32, ge=1, description="Most operations in one pipeline.")
+    max_result_dimension: int = Field(
+        16384, ge=1, description="Largest width or height an operation may produce."
+    )
+    default_deadline_s: float = Field(
+        30.0, gt=0, description="Deadline applied when the caller sets none."
+    )
+    grace_period_s: float = Field(
+        10.0, ge=0, description="On SIGTERM, time in-flight RPCs get before the server stops."
+    )
+    auto_rotate: bool = Field(True, description="Apply the EXIF orientation at load time.")
+    # NoDecode: the env value is a comma-separated list, split by the validator below.
+    source_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("jpeg", "png", "webp", "gif", "avif", "tiff"),
+        description="Source formats that may be decoded (libvips loader allowlist).",
+    )
+    quality: int = Field(80, ge=1, le=100, description="Default output quality.")
+    format_quality: dict[str, int] = Field(
+        default_factory=lambda: {"avif": 65, "webp": 79},
+        description='Per-format default quality, JSON, e.g. {"avif": 65}.',
+    )
+    avif_effort: int = Field(2, ge=0, le=9, description="AVIF encoder effort (CPU vs size).")
+    webp_effort: int = Field(4, ge=0, le=6, description="WebP encoder effort (CPU vs size).")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton sidecar gRPC address.")
+    triton_timeout_s: float = Field(
+        0.5, gt=0, description="Client timeout of one Triton inference; then the op degrades."
+    )
+    detection_score_threshold: float = Field(0.5, ge=0, le=1, description="Min face score.")
+    detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
+    detection_max_side: int = Field(
+        512, ge=64, description="Long side of the downscaled copy sent to the detector."
+    )
+    health_poll_s: float = Field(
+        5.0, gt=0, description="How often Triton readiness is polled for health and metrics."
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field("console", description="console or json.")
+    dogstatsd_enabled: bool = Field(
+        False, description="Also send metrics to DogStatsD (DD_AGENT_HOST, DD_DOGSTATSD_PORT)."
+    )
+    dogstatsd_namespace: str = Field("imagesvc", description="Prefix of DogStatsD metric names.")
+
+    @field_validator("source_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith("["):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("source_formats")
+    @classmethod
+    def _known_source_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(SOURCE_FORMAT_LOADERS))
+        if unknown:
+            raise ValueError(f"unknown source formats {unknown}; known: {sorted(SOURCE_FORMAT_LOADERS)}")
+        return value
+
+    @field_validator("format_quality")
+    @classmethod
+    def _known_format_quality(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, quality in value.items():
+            if name not in FORMAT_NAMES:
+                raise ValueError(f"unknown format {name!r}; known: {FORMAT_NAMES}")
+            if not 1 <= quality <= 100:
+                raise ValueError(f"quality for {name} must be 1..100")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError("log_format must be console or json")
+        return value
+
+    @property
+    def max_src_pixels(self) -> int:
+        return int(self.max_src_resolution_mp * 1_000_000)

@@ -1,0 +1,130 @@
+"""The metrics interface the service records through, and its Prometheus implementation."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from imagesvc.telemetry import names
+
+# Image steps span sub-millisecond flips to multi-second AVIF encodes.
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BYTE_BUCKETS = tuple(1024 * 4**i for i in range(10))  # 1 KiB .. 256 MiB
+
+
+class Metrics(Protocol):
+    def rpc_started(self, service: str, method: str) -> None: ...
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None: ...
+    def step(self, op: str, seconds: float) -> None: ...
+    def inference(self, model: str, seconds: float) -> None: ...
+    def error(self, reason: str) -> None: ...
+    def degradation(self, reason: str, op: str) -> None: ...
+    def images_in_progress(self, delta: int) -> None: ...
+    def queue_depth(self, delta: int) -> None: ...
+    def image_bytes(self, direction: str, fmt: str, size: int) -> None: ...
+    def triton_ready(self, ready: bool) -> None: ...
+
+
+class PrometheusMetrics:
+    """Metrics on a prometheus-client registry (the process default unless one is given)."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, workers: int = 0, info: dict | None = None
+    ) -> None:
+        kw = {"registry": registry} if registry is not None else {}
+        rpc_labels = ("grpc_type", "grpc_service", "grpc_method")
+        self._started = Counter(names.GRPC_SERVER_STARTED, "RPCs started.", rpc_labels, **kw)
+        self._handled = Counter(
+            names.GRPC_SERVER_HANDLED, "RPCs completed.", (*rpc_labels, "grpc_code"), **kw
+        )
+        self._handling = Histogram(
+            names.GRPC_SERVER_HANDLING_SECONDS,
+            "RPC handling time.",
+            rpc_labels,
+            buckets=RPC_BUCKETS,
+            **kw,
+        )
+        self._step = Histogram(
+            names.STEP_DURATION, "Time of one pipeline step.", ("op",), buckets=STEP_BUCKETS, **kw
+        )
+        self._inference = Histogram(
+            names.INFERENCE_DURATION,
+            "Time of one Triton inference.",
+            ("model",),
+            buckets=STEP_BUCKETS,
+            **kw,
+        )
+        self._errors = Counter(names.ERRORS, "Failed RPCs by ErrorInfo reason.", ("reason",), **kw)
+        self._degradations = Counter(
+            names.DEGRADATIONS, "Operations done in a degraded way.", ("reason", "op"), **kw
+        )
+        self._in_progress = Gauge(names.IMAGES_IN_PROGRESS, "Images being processed.", **kw)
+        self._queue = Gauge(names.QUEUE_DEPTH, "Requests waiting for a worker.", **kw)
+        self._input_bytes = Histogram(
+            names.INPUT_BYTES, "Source sizes.", ("format",), buckets=BYTE_BUCKETS, **kw
+        )
+        self._output_bytes = Histogram(
+            names.OUTPUT_BYTES, "Result sizes.", ("format",), buckets=BYTE_BUCKETS, **kw
+        )
+        self._triton_ready = Gauge(names.TRITON_READY, "1 when Triton and its models are ready.", **kw)
+        workers_gauge = Gauge(names.WORKERS, "Configured image workers.", **kw)
+        workers_gauge.set(workers)
+        build = Gauge(names.BUILD_INFO, "Build information.", tuple(sorted(info or {})), **kw)
+        if info:
+            build.labels(**info).set(1)
+
+    def rpc_started(self, service: str, method: str) -> None:
+        self._started.labels("unary", service, method).inc()
+
+    def rpc_handled(self, service: str, method: str, code: str, seconds: float) -> None:
+        self._handled.labels("unary", service, method, code).inc()
+        self._handling.labels("unary", service, method).observe(seconds)
+
+    def step(self, op: str, seconds: float) -> None:
+        self._step.labels(op).observe(seconds)
+
+    def inference(self, model: str, seconds: float) -> None:
+        self._inference.labels(model).observe(seconds)
+
+    def error(self, reason: str) -> None:
+        self._errors.labels(reason).inc()
+
+    def degradation(self, reason: str, op: str) -> None:
+        self._degradations.labels(reason, op).inc()
+
+    def images_in_progress(self, delta: int) -> None:
+        self._in_progress.inc(delta)
+
+    def queue_depth(self, delta: int) -> None:
+        self._queue.inc(delta)
+
+    def image_bytes(self, direction: str, fmt: str, size: int) -> None:
+        (self._input_bytes if direction == "input" else self._output_bytes).labels(fmt).observe(size)
+
+    def triton_ready(self, ready: bool) -> None:
+        self._triton_ready.set(1 if ready else 0)
+
+
+class FanOutMetrics:
+    """Sends every observation to several backends (Prometheus and, opt-in, DogStatsD)."""
+
+    def __init__(self, *backends: Metrics) -> None:
+        self._backends = backends
+
+    def __getattr__(self, name: str):
+        methods = [getattr(backend, name) for backend in self._backends]
+
+        def fan_out(*args, **kwargs) -> None:
+            for method in methods:
+                method(*args, **kwargs)
+
+        return fan_out
+
+
+class NullMetrics:
+    """Records nothing; for unit tests and tools that run the engine without a server."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

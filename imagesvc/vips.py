@@ -1,0 +1,128 @@
+"""libvips process settings, source sniffing and error classification.
+
+imgproxy's and the libvips checklist's advice for untrusted input: operation cache off, one
+libvips thread per image (parallelism comes from the worker pool), and only allowlisted loaders.
+"""
+
+from __future__ import annotations
+
+import pyvips
+
+from imagesvc.errors import (
+    ImageDecodeFailed,
+    ImageFormatUnrecognized,
+    ImageFormatUnsupported,
+    ImageSvcError,
+    ProcessingFailed,
+)
+from imagesvc.settings import SOURCE_FORMAT_LOADERS, Settings
+
+# Loader nickname prefix -> our format name.
+_FORMAT_BY_LOADER = {
+    "jpegload": "jpeg",
+    "pngload": "png",
+    "webpload": "webp",
+    "gifload": "gif",
+    "heifload": "avif",
+    "tiffload": "tiff",
+}
+
+# Formats recognised by their leading bytes, to tell "not allowed here" from "not an image".
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF8", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"BM", "bmp"),
+    (b"%PDF", "pdf"),
+    (b"8BPS", "psd"),
+    (b"\x00\x00\x01\x00", "ico"),
+    (b"\xff\x0a", "jxl"),
+    (b"\x00\x00\x00\x0cJXL ", "jxl"),
+)
+
+
+def configure(settings: Settings) -> None:
+    """Process-wide libvips settings; call once before the first image."""
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    pyvips.vips_lib.vips_concurrency_set(1)
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for fmt in settings.source_formats:
+        for loader in SOURCE_FORMAT_LOADERS[fmt]:
+            pyvips.operation_block_set(loader, False)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Best guess of the format from leading bytes, for error messages only."""
+    head = data[:64]
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "avif" if brand in (b"avif", b"avis") else "heic"
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    text = data[:1024].lstrip().lower()
+    if text.startswith(b"<?xml") or text.startswith(b"<svg"):
+        return "svg" if b"<svg" in text else None
+    return None
+
+
+def loader_for(data: bytes) -> str:
+    """Our format name of the allowlisted loader that will decode ``data``.
+
+    Raises ImageFormatUnsupported for a recognised format that is not allowed and
+    ImageFormatUnrecognized for bytes that are not an image.
+    """
+    pointer = pyvips.vips_lib.vips_foreign_find_load_buffer(data, len(data))
+    if pointer != pyvips.ffi.NULL:
+        nickname = pyvips.nickname_find(pyvips.type_from_name(pyvips.ffi.string(pointer).decode()))
+        for prefix, fmt in _FORMAT_BY_LOADER.items():
+            if nickname.startswith(prefix):
+                return fmt
+    guess = sniff_format(data)
+    if guess is not None:
+        raise ImageFormatUnsupported(
+            f"source format {guess} is not accepted here", metadata={"format": guess}
+        )
+    raise ImageFormatUnrecognized("the source bytes are not a recognised image format")
+
+
+_DECODE_HINTS = (
+    "load",
+    "jpeg",
+    "png",
+    "webp",
+    "gif",
+    "heif",
+    "tiff",
+    "premature",
+    "truncated",
+    "corrupt",
+    "invalid",
+    "read error",
+    "out of order",
+    "bad ",
+    "not a ",
+    "libspng",
+)
+
+
+def classify(error: pyvips.Error) -> ImageSvcError:
+    """Turn a libvips failure into a domain error.
+
+    Decoding is lazy, so a corrupt source fails at pixel-pull time inside any step or at save;
+    failures that name a loader or a codec's complaint are the source's fault (INVALID_ARGUMENT),
+    anything else is ours (INTERNAL).
+    """
+    text = f"{error.message} {error.detail or ''}".lower()
+    detail = (error.detail or error.message).strip().splitlines()
+    summary = detail[-1] if detail else "libvips error"
+    if any(hint in text for hint in _DECODE_HINTS):
+        return ImageDecodeFailed(f"the source image could not be decoded: {summary}")
+    return ProcessingFailed(f"image processing failed: {summary}")
