@@ -6,6 +6,7 @@ the start instead of the first request. The README's configuration table mirrors
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Annotated
 
@@ -56,7 +57,7 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest gRPC request/response message."
     )
     max_src_resolution_mp: float = Field(
-        50.0, gt=0, description="Largest source in megapixels (width x height x frames)."
+        50.0, gt=0, description="Largest source in megapixels (width x height of the decoded frame)."
     )
     max_pipelines: int = Field(10, ge=1, description="Most chained pipelines in one request.")
     max_operations: int = Field(32, ge=1, description="Most operations in one pipeline.")
@@ -104,8 +105,12 @@ class Settings(BaseSettings):
     @field_validator("source_formats", mode="before")
     @classmethod
     def _split_formats(cls, value: object) -> object:
-        if isinstance(value, str) and not value.startswith("["):
-            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):  # NoDecode: a JSON list is ours to decode
+                value = json.loads(value)
+            else:
+                value = value.split(",")
+            return tuple(str(part).strip().lower() for part in value if str(part).strip())
         return value
 
     @field_validator("source_formats")

@@ -48,6 +48,9 @@ def apply(image: pyvips.Image, ctx: StepContext | None) -> pyvips.Image:
     if ctx is not None:
         image = ctx.random_access(image)
         ctx.map(orientation_transform(orientation, image.width, image.height))
+        if ctx.logical_size is not None and orientation >= 5:
+            # Shrink-on-load's full-size dimensions turn with the image.
+            ctx.logical_size = ctx.logical_size[::-1]
     return image.autorot()
 
 

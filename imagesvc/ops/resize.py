@@ -174,6 +174,14 @@ def with_alpha(image: pyvips.Image) -> pyvips.Image:
     return image.bandjoin_const([max_alpha])
 
 
+def _dpr_offsets(gravity: Gravity, dpr: float) -> Gravity:
+    """Compass gravity with its absolute (>= 1 px) offsets multiplied by dpr; fractions stay."""
+    if not isinstance(gravity, CompassGravity) or dpr == 1.0:
+        return gravity
+    x_offset, y_offset = (v * dpr if v >= 1 else v for v in (gravity.x_offset, gravity.y_offset))
+    return CompassGravity(gravity.position, x_offset, y_offset)
+
+
 def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
     src_w, src_h = ctx.logical_size or (image.width, image.height)
     ctx.logical_size = None
@@ -192,7 +200,7 @@ def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Im
     if geometry.crop is not None:
         crop_w, crop_h = geometry.crop
         image, left, top = gravity_mod.crop_position(
-            image, crop_w, crop_h, opts.gravity, ctx, "resize"
+            image, crop_w, crop_h, _dpr_offsets(opts.gravity, opts.dpr), ctx, "resize"
         )
         image = image.extract_area(left, top, crop_w, crop_h)
         ctx.map(Affine.translate(-left, -top))
@@ -200,11 +208,16 @@ def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Im
     if geometry.extend is not None:
         canvas_w, canvas_h = geometry.extend
         left, top = gravity_mod.compass_position(
-            canvas_w, canvas_h, image.width, image.height, opts.extend_gravity
+            canvas_w,
+            canvas_h,
+            image.width,
+            image.height,
+            _dpr_offsets(opts.extend_gravity, opts.dpr),
         )
         # Padding is transparent; formats without alpha flatten it onto the background at save.
-        image = with_alpha(image).embed(
-            left, top, canvas_w, canvas_h, extend="background", background=[0] * 4
+        image = with_alpha(image)
+        image = image.embed(
+            left, top, canvas_w, canvas_h, extend="background", background=[0] * image.bands
         )
         ctx.map(Affine.translate(left, top))
     return image

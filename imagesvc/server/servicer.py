@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import grpc
@@ -63,16 +64,17 @@ class ImageServiceServicer(pb_grpc.ImageServiceServicer):
 
 
 def _detection(obj: DetectedObject) -> pb.Detection:
+    # Rounded outwards, like the pixels the detection operations touch.
     box = obj.box
-    left, top = max(0, round(box.left)), max(0, round(box.top))
+    left, top = max(0, math.floor(box.left)), max(0, math.floor(box.top))
     return pb.Detection(
         class_name=obj.class_name,
         confidence=obj.confidence,
         box=pb.BoundingBox(
             left=left,
             top=top,
-            width=max(0, round(box.right) - left),
-            height=max(0, round(box.bottom) - top),
+            width=max(0, math.ceil(box.right) - left),
+            height=max(0, math.ceil(box.bottom) - top),
         ),
     )
 

@@ -1,0 +1,123 @@
+"""Bad input gets a deliberate status with an ErrorInfo reason, never INTERNAL."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+
+from imagesvc.v1 import image_service_pb2 as pb
+from tests.rpc_helpers import rich_status
+from tests.server import scenes
+
+pytestmark = [pytest.mark.triton]
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A 1-bit PNG whose IHDR declares width x height, with a tiny IDAT: a decompression bomb
+    by its header, a few dozen bytes on the wire."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+def resize_request(data: bytes) -> pb.ProcessImageRequest:
+    return pb.ProcessImageRequest(
+        source=pb.ImageSource(data=data),
+        pipelines=[pb.Pipeline(operations=[pb.Operation(resize=pb.Resize(width=100))])],
+    )
+
+
+async def expect_error(call, code: grpc.StatusCode, reason: str):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    got_reason, metadata, violations = rich_status(caught.value)
+    assert got_reason == reason
+    return metadata, violations
+
+
+async def test_truncated_jpeg(stub):
+    # Noise keeps the entropy-coded data long, so half the file cuts deep into the scan.
+    noise = np.random.default_rng(7).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    jpeg = scenes.pyvips.Image.new_from_array(noise).copy(interpretation="srgb").jpegsave_buffer()
+    await expect_error(
+        stub.ProcessImage(resize_request(jpeg[: len(jpeg) // 2]), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IMAGE_DECODE_FAILED",
+    )
+
+
+async def test_random_bytes(stub):
+    junk = np.random.default_rng(3).integers(0, 255, 4096, dtype=np.uint8).tobytes()
+    await expect_error(
+        stub.ProcessImage(resize_request(junk), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IMAGE_FORMAT_UNRECOGNIZED",
+    )
+
+
+async def test_oversized_png_header_is_refused_before_decoding(stub):
+    metadata, _ = await expect_error(
+        stub.ProcessImage(resize_request(png_header_bomb(60000, 60000)), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IMAGE_TOO_LARGE",
+    )
+    assert metadata["width"] == "60000" and metadata["limit_megapixels"] == "50"
+
+
+async def test_svg_is_a_known_but_refused_format(stub):
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    await expect_error(
+        stub.ProcessImage(resize_request(svg), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "IMAGE_FORMAT_UNSUPPORTED",
+    )
+
+
+async def test_every_violation_is_reported_at_once(stub):
+    request = pb.ProcessImageRequest(
+        pipelines=[
+            pb.Pipeline(
+                operations=[
+                    pb.Operation(resize=pb.Resize(width=100, dpr=20)),
+                    pb.Operation(),
+                    pb.Operation(blur_detections=pb.BlurDetections(sigma=5, classes=["unicorn"])),
+                ]
+            )
+        ],
+        output=pb.OutputOptions(quality=101),
+    )
+    _, violations = await expect_error(
+        stub.ProcessImage(request, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"
+    )
+    fields = {field for field, _ in violations}
+    assert fields == {
+        "source.data",
+        "pipelines[0].operations[0].resize.dpr",
+        "pipelines[0].operations[1]",
+        "pipelines[0].operations[2].blur_detections.classes[0]",
+        "output.quality",
+    }
+
+
+async def test_expired_deadline_is_deadline_exceeded(stub):
+    source = scenes.astronaut().jpegsave_buffer()
+    request = pb.ProcessImageRequest(
+        source=pb.ImageSource(data=source),
+        pipelines=[pb.Pipeline(operations=[pb.Operation(blur=pb.Blur(sigma=30))] * 8)],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ProcessImage(request, timeout=0.05)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
