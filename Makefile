@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTRITON := $(VENV)/opt/pytriton
+TRITON_PYTHON := $(VENV)/opt/triton-python
 PROTO_SRC := protos/imagesvc/v1/image_service.proto
 PROTO_OUT := imagesvc/v1/image_service_pb2.py
 BUF := npx --yes @bufbuild/buf@1.75.0
@@ -16,7 +17,7 @@ NVIDIA_PYTRITON := nvidia-pytriton==0.7.0
 install: $(STAMP) $(PROTO_OUT)
 
 # The Triton python-backend stub links libpython3.11.so.1.0 from Debian's libpython3.11.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml inference/triton-python-requirements.txt
 	@if ! dpkg -s libpython3.11 >/dev/null 2>&1; then \
 	  echo "installing Debian libpython3.11 (needed by the Triton python backend stub)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpython3.11; \
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml
 	# nvidia-pytriton is used only for the tritonserver binary and backends it ships; its Python
 	# API pins numpy<2, so it goes into its own folder without its dependencies.
 	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(PYTRITON) $(NVIDIA_PYTRITON)
+	# What the local Triton's python-backend stub imports (numpy 1.x, onnxruntime): kept apart
+	# from the service's numpy 2 (see inference/triton-python-requirements.txt).
+	$(BIN)/python -m pip install -q --no-deps --upgrade --target $(TRITON_PYTHON) \
+	  -r inference/triton-python-requirements.txt
 	touch $@
 
 $(PROTO_OUT): $(PROTO_SRC) $(STAMP)

@@ -1,0 +1,34 @@
+"""Fixtures shared by the whole test suite.
+
+``triton_sidecar`` is the real Triton Inference Server (tritonserver 2.51 from
+nvidia-pytriton, CPU only) serving ``model_repository/`` through `inference.sidecar`,
+started once per session on ephemeral loopback ports. Tests that use it need
+``make install`` to have set up ``.venv/opt/pytriton`` and ``.venv/opt/triton-python``;
+they are marked ``triton`` (``make test-fast`` deselects them), and the mark is added
+automatically to any test that requests the fixture.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+TRITON_FIXTURE = "triton_sidecar"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRITON_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.triton)
+
+
+@pytest.fixture(scope="session")
+def triton_sidecar():
+    """A started, ready `inference.sidecar.TritonSidecar`.
+
+    Use ``triton_sidecar.grpc_url`` / ``http_url`` (``"127.0.0.1:PORT"``) and
+    ``model_names``. Shared by the session: don't stop it or change its models.
+    """
+    from inference.sidecar import TritonSidecar
+
+    with TritonSidecar() as sidecar:
+        yield sidecar
