@@ -23,6 +23,8 @@ def server_settings(triton_url: str, **overrides) -> Settings:
         triton_url=triton_url,
         health_poll_s=0.5,
         workers=2,
+        # Generous: a loaded CI machine must not turn a detection test into a degradation.
+        triton_timeout_s=5.0,
     )
     values.update(overrides)
     return Settings(**values)
