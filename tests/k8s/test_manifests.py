@@ -1,0 +1,531 @@
+"""Render every kustomization in k8s/ and check it: schema first, then the properties that matter.
+
+Each target is rendered with ``kubectl kustomize`` (the kustomize the cluster tooling uses). Every
+document of a built-in kind is validated in strict mode (unknown fields are errors) with
+kubernetes-validate, against two Kubernetes versions:
+
+- 1.29, the first release with native sidecars (``initContainers[].restartPolicy: Always``) on by
+  default, i.e. the oldest cluster these manifests can run on;
+- the newest schema bundled with kubernetes-validate.
+
+Custom resources (only the Prometheus Operator ServiceMonitor) have no bundled schema: they are
+listed in CUSTOM_KINDS and checked by dedicated tests instead. Any other kind without a schema
+fails the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions, latest_version
+
+KUBECTL = shutil.which("kubectl")
+if KUBECTL is None:
+    pytest.skip("kubectl is not on PATH; cannot render the kustomizations", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+
+MIN_KUBERNETES = "1.29.0"
+VALIDATION_VERSIONS = (MIN_KUBERNETES, latest_version())
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+APP = "imagesvc"
+TRITON = "triton"
+MODEL_COPY = "model-repository"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+READINESS_SERVICE = "imagesvc.v1.ImageService"
+DEFAULT_GRACE_PERIOD_S = 10.0  # imagesvc.settings.Settings.grace_period_s
+RECOMMENDED_LABELS = ("name", "instance", "version", "component", "part-of")
+
+# Overlays a user would build as-is, plus a composition with the opt-in DataDog component, built
+# the way k8s/README.md tells users to (components on top of an overlay).
+TARGETS = ("base", "dev", "prod", "prod+datadog")
+
+
+def _kustomize(path: Path) -> list[dict]:
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+    composed = tmp_path_factory.mktemp("prod-datadog")
+    # kustomize refuses absolute paths to other kustomizations; relative ones may leave the root.
+    prod, datadog = (
+        os.path.relpath(K8S / p, composed) for p in ("overlays/prod", "components/datadog")
+    )
+    (composed / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [prod],
+                "components": [datadog],
+                "labels": [{"pairs": {"tags.datadoghq.com/env": "prod"}, "includeTemplates": True}],
+            }
+        )
+    )
+    return {
+        "base": _kustomize(K8S / "base"),
+        "dev": _kustomize(K8S / "overlays" / "dev"),
+        "prod": _kustomize(K8S / "overlays" / "prod"),
+        "prod+datadog": _kustomize(composed),
+    }
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _all(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[dict], kind: str, name: str = APP) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _pod(docs: list[dict]) -> dict:
+    return _one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def _container(containers: list[dict], name: str) -> dict:
+    found = [c for c in containers if c["name"] == name]
+    assert len(found) == 1, (
+        f"expected one container {name!r}, found {[c['name'] for c in containers]}"
+    )
+    return found[0]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _container_port(pod: dict, port: int | str) -> int:
+    """Resolve a probe/Service port (number or container port name) to its number."""
+    if isinstance(port, int):
+        return port
+    numbers = [
+        p["containerPort"]
+        for c in pod["containers"] + pod.get("initContainers", [])
+        for p in c.get("ports", [])
+        if p.get("name") == port
+    ]
+    assert len(numbers) == 1, f"port name {port!r} resolves to {numbers}"
+    return numbers[0]
+
+
+def _triton_flag(triton: dict, flag: str) -> str | None:
+    argv = triton.get("command", []) + triton.get("args", [])
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{flag}=")]
+    assert len(values) <= 1, f"--{flag} given {len(values)} times"
+    return values[0] if values else None
+
+
+# ---- schema -------------------------------------------------------------------------------------
+
+
+def test_bundled_schemas_cover_native_sidecars():
+    bundled = all_versions()
+    assert MIN_KUBERNETES in bundled, f"kubernetes-validate no longer bundles {MIN_KUBERNETES}"
+    # Strict validation of a container with restartPolicy must pass, and of a misspelt field fail,
+    # so that the schema checks below can fail at all.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe"},
+        "spec": {
+            "initContainers": [{"name": "side", "image": "x", "restartPolicy": "Always"}],
+            "containers": [{"name": "main", "image": "x"}],
+        },
+    }
+    bad = copy.deepcopy(pod)
+    bad["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
+    for version in VALIDATION_VERSIONS:
+        kubernetes_validate.validate(pod, version, strict=True)
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VALIDATION_VERSIONS)
+@pytest.mark.parametrize("target", TARGETS)
+def test_documents_validate_strictly(rendered, target, version):
+    docs = rendered[target]
+    assert docs, f"{target} rendered nothing"
+    for doc in docs:
+        where = f"{target}: {doc['kind']}/{doc['metadata']['name']}"
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue  # no bundled schema; see test_servicemonitor
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{where} is invalid for Kubernetes {version}: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            pytest.fail(f"{where}: {e.message}; add it to CUSTOM_KINDS only with its own test")
+
+
+def test_expected_resources(rendered):
+    kinds = {
+        t: sorted((d["kind"], d["metadata"]["name"]) for d in docs) for t, docs in rendered.items()
+    }
+    core = [
+        ("Deployment", APP),
+        ("PodDisruptionBudget", APP),
+        ("Service", APP),
+        ("Service", f"{APP}-headless"),
+        ("ServiceAccount", APP),
+    ]
+    assert kinds["base"] == sorted(core + [("HorizontalPodAutoscaler", APP)])
+    assert kinds["dev"] == sorted(core), "dev runs one fixed replica: no HPA"
+    prod = sorted(core + [("HorizontalPodAutoscaler", APP), ("ServiceMonitor", APP)])
+    assert kinds["prod"] == prod
+    assert kinds["prod+datadog"] == prod
+
+
+# ---- the Triton native sidecar and its model repository -----------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_triton_is_a_native_sidecar(rendered, target):
+    pod = _pod(rendered[target])
+    triton = _container(pod.get("initContainers", []), TRITON)
+    assert triton["image"] == TRITON_IMAGE
+    assert triton.get("restartPolicy") == "Always", "Triton must be a native sidecar"
+    assert triton not in pod["containers"]
+
+    startup = triton.get("startupProbe", {}).get("httpGet")
+    assert startup, "the sidecar needs a startupProbe: the app starts only once it passes"
+    assert startup["path"] == "/v2/health/ready"
+    assert _container_port(pod, startup["port"]) == 8000
+    liveness = triton.get("livenessProbe", {}).get("httpGet")
+    assert liveness and liveness["path"] == "/v2/health/live"
+    assert _container_port(pod, liveness["port"]) == 8000
+
+    assert triton["args"][0] == "tritonserver"
+    assert _triton_flag(triton, "model-repository") == "/models"
+    # Without strict readiness /v2/health/ready passes before the models are loaded.
+    assert _triton_flag(triton, "strict-readiness") == "true"
+    assert _triton_flag(triton, "exit-timeout-secs") is not None
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_model_repository_is_copied_before_triton_starts(rendered, target):
+    pod = _pod(rendered[target])
+    names = [c["name"] for c in pod["initContainers"]]
+    assert names.index(MODEL_COPY) < names.index(TRITON), f"init containers in order {names}"
+
+    copier = _container(pod["initContainers"], MODEL_COPY)
+    triton = _container(pod["initContainers"], TRITON)
+    app = _container(pod["containers"], APP)
+    assert "restartPolicy" not in copier, "the copy is a regular init container: it must finish"
+    assert copier["image"] == app["image"], "the models must come from the same imagesvc build"
+
+    triton_models = [m for m in triton["volumeMounts"] if m["mountPath"] == "/models"]
+    assert len(triton_models) == 1
+    volume = triton_models[0]["name"]
+    copier_mounts = {m["name"]: m for m in copier["volumeMounts"]}
+    assert volume in copier_mounts, "the copier must write to the volume Triton reads"
+    assert not copier_mounts[volume].get("readOnly", False)
+    assert copier["command"][-2:] == [
+        "/app/model_repository/.",
+        copier_mounts[volume]["mountPath"] + "/",
+    ]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[volume], "the models volume is per pod"
+
+
+# ---- the app container --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_app_probes(rendered, target):
+    app = _container(_pod(rendered[target])["containers"], APP)
+
+    readiness = app["readinessProbe"]["grpc"]
+    assert readiness == {"port": 50051, "service": READINESS_SERVICE}
+
+    # Process-only: an empty (or absent) service name, so a Triton outage never restarts the app.
+    liveness = app["livenessProbe"]["grpc"]
+    assert liveness["port"] == 50051
+    assert liveness.get("service", "") == ""
+
+    startup = app.get("startupProbe", {}).get("grpc")
+    assert startup and startup["port"] == 50051 and startup.get("service", "") == ""
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_app_container_contract(rendered, target):
+    pod = _pod(rendered[target])
+    app = _container(pod["containers"], APP)
+    assert app["image"].startswith("imagesvc:")
+    assert app["command"] == ["python", "-m", "imagesvc.server"]
+    assert {p["name"]: p["containerPort"] for p in app["ports"]} == {"grpc": 50051, "metrics": 9464}
+
+    env = _env(app)
+    expected = {
+        "IMAGESVC_HOST": "0.0.0.0",
+        "IMAGESVC_PORT": "50051",
+        "IMAGESVC_METRICS_HOST": "0.0.0.0",
+        "IMAGESVC_METRICS_PORT": "9464",
+        "IMAGESVC_TRITON_URL": "127.0.0.1:8001",
+        "IMAGESVC_LOG_FORMAT": "json",
+        "VIPS_CONCURRENCY": "1",
+        "MALLOC_ARENA_MAX": "2",
+        "TMPDIR": "/tmp",
+    }
+    assert {k: env.get(k, {}).get("value") for k in expected} == expected
+
+    # Workers follow the CPU limit, whatever an overlay sets it to.
+    workers = env["IMAGESVC_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    assert workers["resource"] == "limits.cpu"
+    assert workers.get("containerName", APP) == APP
+    assert str(workers.get("divisor", "1")) == "1"
+
+    # TMPDIR is a size-limited emptyDir: the root filesystem is read-only.
+    tmp = [m for m in app["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert len(tmp) == 1
+    volume = {v["name"]: v for v in pod["volumes"]}[tmp[0]["name"]]
+    assert volume.get("emptyDir", {}).get("sizeLimit")
+
+
+def test_every_imagesvc_variable_is_a_setting(rendered):
+    """pydantic-settings ignores unknown IMAGESVC_* variables, so a typo here would go unnoticed."""
+    from imagesvc.settings import Settings
+
+    for target, docs in rendered.items():
+        for container in _pod(docs)["containers"] + _pod(docs)["initContainers"]:
+            for name in _env(container):
+                if name.startswith("IMAGESVC_"):
+                    field = name.removeprefix("IMAGESVC_").lower()
+                    assert field in Settings.model_fields, f"{target}: {name} is not a setting"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_termination_outlasts_drain_and_sidecar_exit(rendered, target):
+    pod = _pod(rendered[target])
+    app = _container(pod["containers"], APP)
+    triton = _container(pod["initContainers"], TRITON)
+    grace = float(_env(app).get("IMAGESVC_GRACE_PERIOD_S", {}).get("value", DEFAULT_GRACE_PERIOD_S))
+    readiness = app["readinessProbe"]
+    unready_after = readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3)
+    # Triton is stopped only after the app exits, within the same terminationGracePeriodSeconds.
+    triton_exit = float(_triton_flag(triton, "exit-timeout-secs"))
+    assert pod["terminationGracePeriodSeconds"] > grace + unready_after + triton_exit
+
+
+# ---- security and resources ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_is_locked_down(rendered, target):
+    pod = _pod(rendered[target])
+    pod_ctx = pod.get("securityContext", {})
+    assert pod.get("automountServiceAccountToken") is False
+    for c in pod["initContainers"] + pod["containers"]:
+        ctx = c.get("securityContext", {})
+        effective = {**pod_ctx, **ctx}
+        name = f"{target}: {c['name']}"
+        assert effective.get("runAsNonRoot") is True, name
+        assert effective.get("runAsUser", 1) != 0, name
+        assert ctx.get("readOnlyRootFilesystem") is True, name
+        assert ctx.get("allowPrivilegeEscalation") is False, name
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], name
+        assert not ctx.get("capabilities", {}).get("add"), name
+        assert ctx.get("privileged", False) is False, name
+        assert effective.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+
+
+def _quantity(value: str | int) -> float:
+    value = str(value)
+    if value.endswith("m"):
+        return float(value[:-1]) / 1000
+    return float(value)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_resources(rendered, target):
+    pod = _pod(rendered[target])
+    for c in pod["initContainers"] + pod["containers"]:
+        requests = c["resources"]["requests"]
+        limits = c["resources"]["limits"]
+        assert _quantity(requests["cpu"]) == _quantity(limits["cpu"]), (
+            f"{c['name']}: cpu request != limit"
+        )
+        assert limits.get("memory"), f"{c['name']}: no memory limit"
+
+
+def test_gpu_only_in_prod(rendered):
+    for target in ("prod", "prod+datadog"):
+        pod = _pod(rendered[target])
+        triton = _container(pod["initContainers"], TRITON)
+        assert str(triton["resources"]["limits"].get("nvidia.com/gpu")) == "1"
+        assert str(triton["resources"]["requests"].get("nvidia.com/gpu")) == "1"
+        # The GPU variants of the model configs (configs/gpu.pbtxt) where a model ships one.
+        assert _triton_flag(triton, "model-config-name") == "gpu"
+        app = _container(pod["containers"], APP)
+        assert "nvidia.com/gpu" not in app["resources"].get("limits", {})
+    for target in ("base", "dev"):
+        pod = _pod(rendered[target])
+        for c in pod["initContainers"] + pod["containers"]:
+            for section in c["resources"].values():
+                assert "nvidia.com/gpu" not in section, f"{target}: {c['name']} asks for a GPU"
+        assert _triton_flag(_container(pod["initContainers"], TRITON), "model-config-name") is None
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_port_names_are_unique_in_the_pod(rendered, target):
+    pod = _pod(rendered[target])
+    names = [
+        p["name"] for c in pod["initContainers"] + pod["containers"] for p in c.get("ports", [])
+    ]
+    assert len(names) == len(set(names)), names
+
+
+# ---- labels, Services, PDB, HPA -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_recommended_labels(rendered, target):
+    docs = rendered[target]
+    deployment = _one(docs, "Deployment")
+    app = _container(deployment["spec"]["template"]["spec"]["containers"], APP)
+    tag = app["image"].rsplit(":", 1)[1]
+    for labels, where in [(d["metadata"].get("labels", {}), d["kind"]) for d in docs] + [
+        (deployment["spec"]["template"]["metadata"]["labels"], "pod template")
+    ]:
+        for key in RECOMMENDED_LABELS:
+            assert labels.get(f"app.kubernetes.io/{key}"), (
+                f"{target}: {where} lacks app.kubernetes.io/{key}"
+            )
+        assert labels["app.kubernetes.io/version"] == tag, (
+            f"{target}: {where} version label != image tag"
+        )
+    # Selectors are immutable: they must not carry the version.
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert "app.kubernetes.io/version" not in selector
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_services(rendered, target):
+    docs = rendered[target]
+    pod = _pod(docs)
+    pod_labels = _one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+
+    service = _one(docs, "Service", APP)
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert (
+        ports["grpc"]["port"] == 50051
+        and _container_port(pod, ports["grpc"]["targetPort"]) == 50051
+    )
+    assert (
+        ports["metrics"]["port"] == 9464
+        and _container_port(pod, ports["metrics"]["targetPort"]) == 9464
+    )
+    assert ports["grpc"].get("appProtocol") == "grpc"
+
+    headless = _one(docs, "Service", f"{APP}-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
+    assert _container_port(pod, headless["spec"]["ports"][0]["targetPort"]) == 50051
+
+    for svc in (service, headless):
+        selector = svc["spec"]["selector"]
+        assert selector and selector.items() <= pod_labels.items()
+        for port in svc["spec"]["ports"]:
+            _container_port(pod, port["targetPort"])  # every named targetPort exists
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pdb(rendered, target):
+    docs = rendered[target]
+    pdb = _one(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pod_labels = _one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_replicas_and_hpa(rendered, target):
+    docs = rendered[target]
+    deployment = _one(docs, "Deployment")
+    hpas = _all(docs, "HorizontalPodAutoscaler")
+    if target == "dev":
+        assert not hpas
+        assert deployment["spec"]["replicas"] == 1
+        return
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    (hpa,) = hpas
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", APP)
+    # CPU of the app container alone: a pod-wide target would average in the sidecar's request.
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "ContainerResource"
+    assert metric["containerResource"]["name"] == "cpu"
+    assert metric["containerResource"]["container"] == APP
+    _container(deployment["spec"]["template"]["spec"]["containers"], APP)
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    if target.startswith("prod"):
+        assert hpa["spec"]["minReplicas"] >= 3
+
+
+# ---- components ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["prod", "prod+datadog"])
+def test_servicemonitor(rendered, target):
+    docs = rendered[target]
+    monitor = _one(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [
+        s for s in _all(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+    ]
+    assert any(s["metadata"]["name"] == APP for s in selected)
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert endpoints["metrics"].get("path", "/metrics") == "/metrics"
+    for port in endpoints:
+        # Exactly one selected Service exposes each scraped port, so no pod is scraped twice.
+        owners = [s for s in selected if port in {p["name"] for p in s["spec"]["ports"]}]
+        assert len(owners) == 1, f"port {port} is exposed by {len(owners)} selected Services"
+
+
+def test_datadog_component(rendered):
+    plain = _pod(rendered["prod"])
+    pod = _pod(rendered["prod+datadog"])
+    labels = _one(rendered["prod+datadog"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    env = _env(_container(pod["containers"], APP))
+
+    assert env["IMAGESVC_DOGSTATSD_ENABLED"]["value"] == "true"
+    assert env["DD_AGENT_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert env["DD_DOGSTATSD_PORT"]["value"] == "8125"
+    for name in ("DD_ENV", "DD_SERVICE", "DD_VERSION"):
+        source = env[name].get("value") or env[name]["valueFrom"]["fieldRef"]["fieldPath"]
+        if source.startswith("metadata.labels['"):
+            label = source[len("metadata.labels['") : -2]
+            assert labels.get(label), f"{name} reads label {label}, which the pod template lacks"
+    # The component only adds: the base environment and the container order are intact.
+    plain_env = _env(_container(plain["containers"], APP))
+    assert plain_env.items() <= env.items()
+    assert "IMAGESVC_DOGSTATSD_ENABLED" not in plain_env
+    assert [c["name"] for c in pod["initContainers"]] == [
+        c["name"] for c in plain["initContainers"]
+    ]
