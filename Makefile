@@ -16,11 +16,15 @@ NVIDIA_PYTRITON := nvidia-pytriton==0.7.0
 
 install: $(STAMP) $(PROTO_OUT)
 
-# The Triton python-backend stub links libpython3.11.so.1.0 from Debian's libpython3.11.
-$(STAMP): pyproject.toml inference/triton-python-requirements.txt
-	@if ! dpkg -s libpython3.11 >/dev/null 2>&1; then \
-	  echo "installing Debian libpython3.11 (needed by the Triton python backend stub)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpython3.11; \
+# Debian packages: libpython3.11 (the Triton python-backend stub links libpython3.11.so.1.0) and
+# prometheus (the real server the metrics tests scrape with).
+DEBIAN_PACKAGES := libpython3.11 prometheus
+
+$(STAMP): pyproject.toml inference/triton-python-requirements.txt Makefile
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
