@@ -105,19 +105,26 @@ def open_header(data: bytes, settings: Settings, *, shrink: int = 1) -> Header:
     return Header(image, fmt, auto_rotate.orientation_of(image))
 
 
-def plan_shrink_on_load(header: Header, pipelines: Sequence[Sequence[PlannedOp]]) -> int:
+def plan_shrink_on_load(
+    header: Header, pipelines: Sequence[Sequence[PlannedOp]], *, auto_rotate: bool = True
+) -> int:
     """Decoder shrink factor for a request whose first pipeline starts with a resize.
 
     The factor keeps the decoded image at least as large as the resize's output, so the resize
-    step then only finishes the job (as libvips' thumbnail does).
+    step then only finishes the job (as libvips' thumbnail does). ``auto_rotate`` says whether
+    the load applies the EXIF orientation (IMAGESVC_AUTO_ROTATE); an auto_rotate op before the
+    resize turns the image as well.
     """
     limit = SHRINK_ON_LOAD.get(header.format)
     if not limit or not pipelines or not pipelines[0]:
         return 1
-    first = next((op for op in pipelines[0] if op.name != "auto_rotate"), None)
+    index, first = next(
+        ((i, op) for i, op in enumerate(pipelines[0]) if op.name != "auto_rotate"), (0, None)
+    )
     if first is None or first.name != "resize":
         return 1
-    src_w, src_h = header.oriented_size
+    turned = auto_rotate or index > 0
+    src_w, src_h = header.oriented_size if turned else (header.image.width, header.image.height)
     geometry = resize.plan(src_w, src_h, first.options)
     scale = max(geometry.resized[0] / src_w, geometry.resized[1] / src_h)
     shrink = 1
@@ -242,7 +249,9 @@ class Engine:
 
     def _load(self, request: ProcessRequest) -> tuple[pyvips.Image, Header, StepContext]:
         header = open_header(request.data, self.settings)
-        shrink = plan_shrink_on_load(header, request.pipelines)
+        shrink = plan_shrink_on_load(
+            header, request.pipelines, auto_rotate=self.settings.auto_rotate
+        )
         image = header.image
         if shrink > 1:
             image = open_header(request.data, self.settings, shrink=shrink).image

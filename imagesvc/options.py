@@ -125,12 +125,12 @@ def parse_gravity(msg: pb.Gravity, path: str, pctx: ParseContext) -> Gravity:
 def parse_classes(classes: Any, path: str, pctx: ParseContext) -> frozenset[str] | None:
     """Class filter of a detection op: None means every class ("all" or an empty list)."""
     names = [c.strip().lower() for c in classes]
-    if not names or ALL_CLASSES in names:
-        return None
     for index, name in enumerate(names):
-        if name not in pctx.known_classes:
+        if name != ALL_CLASSES and name not in pctx.known_classes:
             known = ", ".join(sorted(pctx.known_classes | {ALL_CLASSES}))
             pctx.violations.add(f"{path}[{index}]", f"unknown class {name!r}; known: {known}")
+    if not names or ALL_CLASSES in names:
+        return None
     return frozenset(names)
 
 

@@ -57,13 +57,16 @@ def configure(settings: Settings) -> None:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """Best guess of the format from leading bytes, for error messages only."""
+    """Best guess of the format from leading bytes: for error messages, and to tell AVIF from
+    HEIC (both read by heifload)."""
     head = data[:64]
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return "avif" if brand in (b"avif", b"avis") else "heic"
+        # Major brand, then the compatible brands after the minor version (AVIFs may say mif1).
+        size = min(int.from_bytes(head[:4], "big"), len(head))
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, size - 3, 4)}
+        return "avif" if brands & {b"avif", b"avis"} else "heic"
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
@@ -83,7 +86,8 @@ def loader_for(data: bytes) -> str:
     if pointer != pyvips.ffi.NULL:
         nickname = pyvips.nickname_find(pyvips.type_from_name(pyvips.ffi.string(pointer).decode()))
         for prefix, fmt in _FORMAT_BY_LOADER.items():
-            if nickname.startswith(prefix):
+            # heifload also reads HEIC, which is not an accepted (or decodable) source format.
+            if nickname.startswith(prefix) and (fmt != "avif" or sniff_format(data) == "avif"):
                 return fmt
     guess = sniff_format(data)
     if guess is not None:
@@ -104,11 +108,8 @@ _DECODE_HINTS = (
     "premature",
     "truncated",
     "corrupt",
-    "invalid",
     "read error",
     "out of order",
-    "bad ",
-    "not a ",
     "libspng",
 )
 

@@ -3,6 +3,8 @@ gravity. Shared by resize (fill) and crop."""
 
 from __future__ import annotations
 
+import math
+
 import pyvips
 
 from imagesvc.context import StepContext
@@ -49,7 +51,8 @@ def centred_on(
 
 
 def _clamp(value: float, upper: int) -> int:
-    return int(round(min(max(value, 0.0), max(upper, 0))))
+    # Half-pixel leftovers go right/down, whatever the size (Python's round() would alternate).
+    return int(math.floor(min(max(value, 0.0), max(upper, 0)) + 0.5))
 
 
 def smart_centre(image: pyvips.Image, crop_w: int, crop_h: int) -> tuple[float, float]:
