@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 import pyvips
+import structlog
 
 from imagesvc import vips
 from imagesvc.context import Degradation, DetectedObject, StepContext
@@ -29,9 +30,10 @@ from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import Metrics
 from inference.detection import Detection
-from inference.errors import InferenceUnavailable
+from inference.errors import InferenceError, InferenceUnavailable
 
 T = TypeVar("T")
+log = structlog.get_logger("imagesvc.engine")
 
 WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif", "tiff")
 ALPHA_FORMATS = ("png", "webp", "avif", "gif", "tiff")
@@ -43,7 +45,7 @@ class Detector(Protocol):
     @property
     def classes(self) -> frozenset[str]: ...
 
-    async def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +315,12 @@ class Engine:
             ctx.objects = []
             return None
         try:
-            return await self.detector.detect(rgb)
-        except InferenceUnavailable as error:
+            # Never wait on Triton past the RPC's own deadline.
+            return await self.detector.detect(rgb, timeout_s=max(ctx.remaining(), 0.0))
+        except InferenceError as error:
+            # Down, slow, or answering nonsense: the request still succeeds, degraded.
+            if not isinstance(error, InferenceUnavailable):
+                log.warning("detection_failed", reason=error.reason, error=str(error))
             ctx.detection_failure = error.reason
             ctx.objects = []
             return None

@@ -43,7 +43,7 @@ from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import NullMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 from inference.detection import Detection
-from inference.errors import InferenceUnavailable
+from inference.errors import InferenceError, InferenceUnavailable
 
 RED = (220, 20, 30)
 
@@ -89,7 +89,7 @@ class RedBlockDetector:
     def __init__(self) -> None:
         self.inputs: list[tuple[int, ...]] = []
 
-    async def detect(self, rgb: np.ndarray) -> list[Detection]:
+    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         self.inputs.append(rgb.shape)
         pixels = rgb.astype(int)
@@ -107,7 +107,7 @@ class FailingDetector:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def detect(self, rgb: np.ndarray) -> list[Detection]:
+    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
         self.calls += 1
         raise InferenceUnavailable("TRITON_UNAVAILABLE", "triton is down")
 
@@ -121,7 +121,7 @@ class GateDetector:
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def detect(self, rgb: np.ndarray) -> list[Detection]:
+    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
         self.entered.set()
         await self.gate.wait()
         return []
@@ -509,7 +509,7 @@ async def test_deadline_in_the_past(make_engine, ops):
 
 async def test_deadline_passing_during_detection(make_engine):
     class Slow(GateDetector):
-        async def detect(self, rgb):
+        async def detect(self, rgb, *, timeout_s=None):
             await asyncio.sleep(0.3)
             return []
 
@@ -658,3 +658,29 @@ async def test_describe_with_failing_detector_degrades(make_engine):
     assert [(d.reason, d.operation) for d in described.degradations] == [
         ("DETECTION_UNAVAILABLE", "")
     ]
+
+
+class BrokenResponseDetector:
+    """Triton answers, but with something the client cannot use (not an outage)."""
+
+    classes = frozenset({"face"})
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
+        self.timeouts.append(timeout_s)
+        raise InferenceError("TRITON_BAD_RESPONSE", "output tensor is empty")
+
+
+async def test_a_broken_detector_response_degrades_instead_of_failing(make_engine):
+    detector = BrokenResponseDetector()
+    ops = [pb.Operation(pixelate_detections=pb.PixelateDetections(size=8))]
+    result = await run(make_engine(detector), request(png(red_block_source(300, 200)), ops), 5.0)
+    assert [(d.reason, d.operation) for d in result.degradations] == [
+        ("DETECTION_UNAVAILABLE", "pixelate_detections")
+    ]
+    assert "TRITON_BAD_RESPONSE" in result.degradations[0].message
+    # The detector is never given more time than the RPC has left.
+    [timeout] = detector.timeouts
+    assert timeout is not None and 0 < timeout <= 5.0
