@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import grpc
 import numpy as np
 import pytest
 
 from imagesvc.v1 import image_service_pb2 as pb
+from tests.images import png_bomb
 from tests.rpc_helpers import rich_status
 from tests.server import scenes
 
 pytestmark = [pytest.mark.triton]
-
-
-def png_header_bomb(width: int, height: int) -> bytes:
-    """A 1-bit PNG whose IHDR declares width x height, with a tiny IDAT: a decompression bomb
-    by its header, a few dozen bytes on the wire."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def resize_request(data: bytes) -> pb.ProcessImageRequest:
@@ -70,7 +52,7 @@ async def test_random_bytes(stub):
 
 async def test_oversized_png_header_is_refused_before_decoding(stub):
     metadata, _ = await expect_error(
-        stub.ProcessImage(resize_request(png_header_bomb(60000, 60000)), timeout=30),
+        stub.ProcessImage(resize_request(png_bomb(60000, 60000)), timeout=30),
         grpc.StatusCode.INVALID_ARGUMENT,
         "IMAGE_TOO_LARGE",
     )
