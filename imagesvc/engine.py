@@ -187,6 +187,20 @@ def detector_input(image: pyvips.Image, max_side: int) -> np.ndarray:
     return preview.numpy()
 
 
+@dataclass(slots=True)
+class _Run:
+    """One ProcessImage request in flight: where it is in its operations, and its image."""
+
+    request: ProcessRequest
+    header: Header
+    ctx: StepContext
+    image: pyvips.Image
+    ops: tuple[PlannedOp, ...]
+    next_op: int = 0
+    encoded: tuple[bytes, str] | None = None
+    size: tuple[int, int] = (0, 0)
+
+
 class Engine:
     """Runs requests; owns the worker pool and the admission limits."""
 
@@ -249,7 +263,7 @@ class Engine:
         async with self.admitted():
             return await self._process(request, ctx_deadline)
 
-    def _load(self, request: ProcessRequest) -> tuple[pyvips.Image, Header, StepContext]:
+    def _load(self, request: ProcessRequest, deadline: float) -> _Run:
         header = open_header(request.data, self.settings)
         shrink = plan_shrink_on_load(
             header, request.pipelines, auto_rotate=self.settings.auto_rotate
@@ -261,50 +275,84 @@ class Engine:
             header.image.width,
             header.image.height,
         )
-        ctx = StepContext(self.settings, 0.0, (src_w, src_h))
+        ctx = StepContext(self.settings, deadline, (src_w, src_h))
         if self.settings.auto_rotate and header.orientation != 1:
             image = ctx.random_access(image).autorot()
         if (image.width, image.height) != (src_w, src_h):
             ctx.logical_size = (src_w, src_h)
             ctx.transform = Affine.scale(image.width / src_w, image.height / src_h)
-        return image, header, ctx
+        ops = tuple(op for pipeline in request.pipelines for op in pipeline)
+        return _Run(request, header, ctx, image, ops)
+
+    def _timed(self, name: str, func: Callable[..., T], *args) -> T:
+        started = time.perf_counter()
+        try:
+            return func(*args)
+        finally:
+            self.metrics.step(name, time.perf_counter() - started)
+
+    def _advance(self, run: _Run | None, request: ProcessRequest, deadline: float) -> _Run:
+        """Worker-thread side: load if needed, then run steps until one needs detections that
+        have not been computed (the event loop fetches them) or, at the end, encode.
+
+        One hop to the pool per stretch of steps keeps the event loop's share of each request
+        small; the deadline (and cancellation) is still checked between every two steps.
+        """
+        if run is None:
+            run = self._timed("load", self._load, request, deadline)
+        ctx = run.ctx
+        while run.next_op < len(run.ops):
+            op = run.ops[run.next_op]
+            ctx.check_deadline()
+            if ctx.objects is None and op.spec.needs_detections(op.options):
+                return run
+            run.image = self._timed(op.name, op.spec.run, run.image, op.options, ctx)
+            run.next_op += 1
+        ctx.check_deadline()
+        run.encoded = self._timed(
+            "encode", encode, run.image, request.output, run.header.format, self.settings
+        )
+        run.size = (run.image.width, run.image.height)
+        return run
 
     async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
-        image, header, ctx = await self._timed_step("load", self._load, request)
-        ctx.deadline = deadline
-        self.metrics.image_bytes("input", header.format, len(request.data))
-        for pipeline in request.pipelines:
-            for op in pipeline:
-                ctx.check_deadline()
-                if ctx.objects is None and op.spec.needs_detections(op.options):
-                    image = await self._detect(image, ctx)
-                    ctx.check_deadline()
-                image = await self._timed_step(op.name, op.spec.run, image, op.options, ctx)
-        ctx.check_deadline()
-        data, fmt = await self._timed_step(
-            "encode", encode, image, request.output, header.format, self.settings
-        )
+        run: _Run | None = None
+        try:
+            run = await self._work(self._advance, run, request, deadline)
+            while run.encoded is None:
+                await self._detect(run)
+                run = await self._work(self._advance, run, request, deadline)
+        except asyncio.CancelledError:
+            if run is not None:
+                run.ctx.cancelled = True  # a step still running in the pool stops at its end
+            raise
+        data, fmt = run.encoded
+        ctx = run.ctx
+        self.metrics.image_bytes("input", run.header.format, len(request.data))
         self.metrics.image_bytes("output", fmt, len(data))
-        width, height = await self._work(lambda: (image.width, image.height))
         for item in ctx.degradations:
             self.metrics.degradation(item.reason, item.operation)
         return ProcessResult(
-            data, fmt, width, height, tuple(ctx.objects or ()), tuple(ctx.degradations)
+            data, fmt, *run.size, tuple(ctx.objects or ()), tuple(ctx.degradations)
         )
 
-    async def _detect(self, image: pyvips.Image, ctx: StepContext) -> pyvips.Image:
+    def _detector_input(self, run: _Run) -> np.ndarray:
+        run.image = run.ctx.random_access(run.image)
+        return detector_input(run.image, self._max_side())
+
+    async def _detect(self, run: _Run) -> None:
         """Run detection on the current image; store results in source coordinates."""
-        image = await self._work(ctx.random_access, image)
-        rgb = await self._timed_step("detect_prepare", detector_input, image, self._max_side())
+        ctx = run.ctx
+        rgb = await self._timed_step("detect_prepare", self._detector_input, run)
         detections = await self._call_detector(rgb, ctx)
         if detections is not None:
+            image = run.image
             to_current = Affine.scale(image.width / rgb.shape[1], image.height / rgb.shape[0])
             to_source = to_current.then(ctx.transform.inverse())
             ctx.objects = [
                 DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)))
                 for d in detections
             ]
-        return image
 
     def _max_side(self) -> int:
         return self.settings.detection_max_side

@@ -173,10 +173,11 @@ class ProcessRequest:
 
 
 def parse_source(msg: pb.ImageSource, path: str, pctx: ParseContext) -> bytes:
-    if msg.WhichOneof("kind") != "data" or not msg.data:
+    # Read the field once: every access copies the (possibly large) bytes out of the message.
+    data = msg.data if msg.WhichOneof("kind") == "data" else b""
+    if not data:
         pctx.violations.add(f"{path}.data", "the source image bytes are required")
-        return b""
-    return msg.data
+    return data
 
 
 def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
