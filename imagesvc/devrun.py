@@ -12,8 +12,13 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-TRITON_GRPC_PORT = 8001
-SERVICE = "127.0.0.1:50051"
+# Ports are the documented defaults; the environment may move them (the tests do).
+TRITON_GRPC_PORT = int(os.environ.get("IMAGESVC_DEVRUN_TRITON_GRPC_PORT", "8001"))
+TRITON_HTTP_PORT = int(os.environ.get("IMAGESVC_DEVRUN_TRITON_HTTP_PORT", "8000"))
+TRITON_METRICS_PORT = int(os.environ.get("IMAGESVC_DEVRUN_TRITON_METRICS_PORT", "8002"))
+SERVICE_PORT = int(os.environ.get("IMAGESVC_PORT", "50051"))
+METRICS_PORT = int(os.environ.get("IMAGESVC_METRICS_PORT", "9464"))
+SERVICE = f"127.0.0.1:{SERVICE_PORT}"
 START_TIMEOUT_S = 180
 
 
@@ -64,9 +69,9 @@ def main() -> int:
                 "--grpc-port",
                 str(TRITON_GRPC_PORT),
                 "--http-port",
-                "8000",
+                str(TRITON_HTTP_PORT),
                 "--metrics-port",
-                "8002",
+                str(TRITON_METRICS_PORT),
             ],
             start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
         )
@@ -78,9 +83,11 @@ def main() -> int:
         if not _wait_serving(service, time.monotonic() + START_TIMEOUT_S):
             print("the service did not become SERVING; see the logs above", file=sys.stderr)
             return 1
+        target = "" if SERVICE_PORT == 50051 else f"--target {SERVICE} "
         print(
-            "\nimagesvc is SERVING on 127.0.0.1:50051 (metrics: http://127.0.0.1:9464/metrics)."
-            "\nTry:\n\n  .venv/bin/python -m imagesvc.cli process samples/astronaut.jpg "
+            f"\nimagesvc is SERVING on {SERVICE} "
+            f"(metrics: http://127.0.0.1:{METRICS_PORT}/metrics).\nTry:\n\n"
+            f"  .venv/bin/python -m imagesvc.cli {target}process samples/astronaut.jpg "
             "-o /tmp/astronaut-face.webp --pipeline samples/face-crop.json\n\n"
             "Ctrl-C stops the service and the Triton sidecar.",
             flush=True,

@@ -169,3 +169,18 @@ async def test_describe_reports_header_and_detections(stub):
     assert response.size_bytes == len(data) and response.pages == 1 and not response.has_alpha
     [face] = response.detections
     assert scenes.near_face_box(face.box), face.box
+
+
+async def test_sources_over_grpcs_default_4_mb_message_limit_are_accepted(stub):
+    noise = np.random.default_rng(11).integers(0, 255, (1400, 1400, 3), dtype=np.uint8)
+    source = pyvips.Image.new_from_array(noise).copy(interpretation="srgb").pngsave_buffer()
+    assert len(source) > 5 * 1024 * 1024
+    response = await stub.ProcessImage(
+        pb.ProcessImageRequest(
+            source=pb.ImageSource(data=source),
+            pipelines=[pb.Pipeline(operations=[pb.Operation(resize=pb.Resize(width=140))])],
+        ),
+        timeout=60,
+    )
+    assert (response.width, response.height) == (140, 140)
+    assert response.format == pb.IMAGE_FORMAT_PNG
