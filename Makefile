@@ -14,7 +14,14 @@ NVIDIA_PYTRITON := nvidia-pytriton==0.7.0
 
 .PHONY: install proto run test test-fast lint-proto bench clean
 
-install: $(STAMP) $(PROTO_OUT)
+NODE_CLIENT := clients/node/node_modules/.package-lock.json
+
+install: $(STAMP) $(PROTO_OUT) $(NODE_CLIENT)
+
+# The Node.js client the tests use to call the service from another language.
+$(NODE_CLIENT): clients/node/package-lock.json clients/node/package.json
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Debian packages: libpython3.11 (the Triton python-backend stub links libpython3.11.so.1.0) and
 # prometheus (the real server the metrics tests scrape with).
