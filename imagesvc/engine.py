@@ -309,11 +309,28 @@ class Engine:
             run.image = self._timed(op.name, op.spec.run, run.image, op.options, ctx)
             run.next_op += 1
         ctx.check_deadline()
-        run.encoded = self._timed(
-            "encode", encode, run.image, request.output, run.header.format, self.settings
-        )
+        run.encoded = self._timed("encode", self._encode, run)
         run.size = (run.image.width, run.image.height)
         return run
+
+    def _encode(self, run: _Run) -> tuple[bytes, str]:
+        """Encode, where libvips computes every pending step's pixels. A progress callback
+        kills the computation once the deadline passes (or the caller cancels), so one slow
+        request does not hold a worker long past its deadline."""
+        ctx = run.ctx
+        image = run.image
+
+        def on_eval(image: pyvips.Image, progress) -> None:
+            if ctx.cancelled or ctx.remaining() < 0:
+                image.set_kill(True)
+
+        image.set_progress(True)
+        image.signal_connect("eval", on_eval)
+        try:
+            return encode(image, run.request.output, run.header.format, self.settings)
+        except pyvips.Error:
+            ctx.check_deadline()  # raises DeadlineExceeded / Cancelled when that was the cause
+            raise
 
     async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
         run: _Run | None = None

@@ -684,3 +684,15 @@ async def test_a_broken_detector_response_degrades_instead_of_failing(make_engin
     # The detector is never given more time than the RPC has left.
     [timeout] = detector.timeouts
     assert timeout is not None and 0 < timeout <= 5.0
+
+
+async def test_deadline_stops_libvips_inside_the_encode(make_engine):
+    source = png(solid(2400, 2400, (120, 80, 40)))
+    ops = [pb.Operation(blur=pb.Blur(sigma=90))] * 3
+    engine = make_engine()
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await run(engine, request(source, ops), timeout=0.5)
+    # Unbounded, these blurs take about 23 s on one core here; without the kill the error
+    # would only surface after they finish. The bound is loose so a busy machine cannot fail it.
+    assert time.monotonic() - started < 8.0
