@@ -12,7 +12,7 @@ PROTO_OUT := imagesvc/v1/image_service_pb2.py
 BUF := npx --yes @bufbuild/buf@1.75.0
 NVIDIA_PYTRITON := nvidia-pytriton==0.7.0
 
-.PHONY: install proto run test test-fast lint-proto bench clean
+.PHONY: install proto run test test-fast lint lint-proto bench clean
 
 NODE_CLIENT := clients/node/node_modules/.package-lock.json
 
@@ -55,10 +55,14 @@ proto: $(PROTO_OUT)
 lint-proto:
 	cd protos && $(BUF) lint
 
+lint: install lint-proto
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 run: install
 	$(BIN)/python -m imagesvc.devrun
 
-test: install lint-proto
+test: install lint
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: install

@@ -134,13 +134,14 @@ def build(out: Path, force: bool = False, log=print) -> list[Path]:
     np_rng = np.random.default_rng(SEED)
     log(f"building synthetic corpus in {out} from {data} ...")
     entries = []
-    for path, (width, height, cols, rows) in zip(files, LAYOUTS):
+    for path, (width, height, cols, rows) in zip(files, LAYOUTS, strict=True):
         image = _add_noise(_mosaic(width, height, cols, rows, rng, data), np_rng)
         image.jpegsave(
             str(path), Q=JPEG_QUALITY, subsample_mode="on", optimize_coding=True, keep="none"
         )
-        entries.append({"file": path.name, "width": width, "height": height,
-                        "bytes": path.stat().st_size})
+        entries.append(
+            {"file": path.name, "width": width, "height": height, "bytes": path.stat().st_size}
+        )
         log(f"  {path.name}: {width}x{height}, {path.stat().st_size / 1e6:.2f} MB")
     manifest_path.write_text(json.dumps({**wanted, "files": entries}, indent=2) + "\n")
     return files

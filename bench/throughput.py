@@ -202,15 +202,17 @@ def role_floor(args) -> None:
             fut.result()
         t1, cpu1 = time.monotonic(), self_cpu_s()
     status = proc_status()
-    emit({
-        "t_start": t0,
-        "t_end": t1,
-        "done": sum(len(x) for x in latencies),
-        "latencies": [v for x in latencies for v in x],
-        "cpu_s": cpu1 - cpu0,
-        "rss_loaded": rss_loaded,
-        "hwm": status["VmHWM"],
-    })
+    emit(
+        {
+            "t_start": t0,
+            "t_end": t1,
+            "done": sum(len(x) for x in latencies),
+            "latencies": [v for x in latencies for v in x],
+            "cpu_s": cpu1 - cpu0,
+            "rss_loaded": rss_loaded,
+            "hwm": status["VmHWM"],
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,7 +227,9 @@ def build_requests(files: list[Path]) -> list[bytes]:
         request = pb.ProcessImageRequest(
             source=pb.ImageSource(data=path.read_bytes()),
             pipelines=[
-                pb.Pipeline(operations=[pb.Operation(resize=pb.Resize(width=TARGET, height=TARGET))])
+                pb.Pipeline(
+                    operations=[pb.Operation(resize=pb.Resize(width=TARGET, height=TARGET))]
+                )
             ],
             output=pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, quality=QUALITY),
         )
@@ -260,8 +264,11 @@ def role_client(args) -> None:
                         except grpc.aio.AioRpcError as error:
                             errors += 1
                             if errors <= 3:
-                                print(f"rpc error: {error.code()} {error.details()}",
-                                      file=sys.stderr, flush=True)
+                                print(
+                                    f"rpc error: {error.code()} {error.details()}",
+                                    file=sys.stderr,
+                                    flush=True,
+                                )
                             continue
                         if latencies is not None and reply:
                             latencies.append(time.perf_counter() - t0)
@@ -318,9 +325,11 @@ class Child:
                     raise TimeoutError(f"{self.name}: no {prefix} within {timeout:.0f}s")
                 line = self.proc.stdout.readline()
                 if not line:
-                    raise RuntimeError(f"{self.name} exited (rc={self.proc.wait()}) before {prefix}")
+                    raise RuntimeError(
+                        f"{self.name} exited (rc={self.proc.wait()}) before {prefix}"
+                    )
                 if line.startswith(prefix):
-                    return line[len(prefix):].strip()
+                    return line[len(prefix) :].strip()
         finally:
             sel.close()
 
@@ -337,8 +346,13 @@ class Child:
             self.proc.wait()
 
 
-def run_children(children: list[Child], ready_timeout: float, run_timeout: float,
-                 before_go=None, after_results=None):
+def run_children(
+    children: list[Child],
+    ready_timeout: float,
+    run_timeout: float,
+    before_go=None,
+    after_results=None,
+):
     """READY from all, GO to all, RESULT from all; returns (results, /proc/stat before, after)."""
     try:
         for child in children:
@@ -388,7 +402,10 @@ class Server:
         self.log.flush()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imagesvc.server"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.pid = self.proc.pid
 
@@ -397,13 +414,17 @@ class Server:
         import grpc
 
         deadline = time.monotonic() + timeout
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                   ("grpc.max_send_message_length", MAX_MESSAGE)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
         with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
             call = channel.unary_unary(METHOD)
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+                    raise RuntimeError(
+                        f"server exited with {self.proc.returncode}; see {self.log.name}"
+                    )
                 try:
                     return call(probe, timeout=10)
                 except grpc.RpcError as error:
@@ -414,8 +435,10 @@ class Server:
     def call_all(self, payloads: list[bytes]) -> list[bytes]:
         import grpc
 
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                   ("grpc.max_send_message_length", MAX_MESSAGE)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
         with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=options) as channel:
             call = channel.unary_unary(METHOD)
             return [call(p, timeout=60) for p in payloads]
@@ -427,8 +450,8 @@ class Server:
             text = resp.read().decode()
         out: dict[str, float] = {}
         pattern = re.compile(
-            r'^(imagesvc_pipeline_step_duration_seconds|grpc_server_handling_seconds)_(sum|count)'
-            r'\{([^}]*)\}\s+(\S+)$'
+            r"^(imagesvc_pipeline_step_duration_seconds|grpc_server_handling_seconds)_(sum|count)"
+            r"\{([^}]*)\}\s+(\S+)$"
         )
         for line in text.splitlines():
             m = pattern.match(line)
@@ -477,12 +500,27 @@ def floor_run(args, processes: int, threads: int, offset: int) -> dict:
     children = []
     for i in range(processes):
         n_i = args.n // processes + (1 if i < args.n % processes else 0)
-        children.append(Child([
-            "--role", "floor", "--corpus", str(args.corpus), "--threads", str(threads),
-            "--n", str(n_i), "--warmup", str(args.warmup),
-            "--offset", str(offset + i * (args.n // processes)),
-            "--max-seconds", str(args.max_seconds),
-        ], f"floor[{i}]"))
+        children.append(
+            Child(
+                [
+                    "--role",
+                    "floor",
+                    "--corpus",
+                    str(args.corpus),
+                    "--threads",
+                    str(threads),
+                    "--n",
+                    str(n_i),
+                    "--warmup",
+                    str(args.warmup),
+                    "--offset",
+                    str(offset + i * (args.n // processes)),
+                    "--max-seconds",
+                    str(args.max_seconds),
+                ],
+                f"floor[{i}]",
+            )
+        )
     results, stat0, stat1 = run_children(children, 120, args.max_seconds + 60)
     run = summarize_run(results, args.n)
     own = sum(r["cpu_s"] for r in results)
@@ -499,12 +537,27 @@ def service_run(args, concurrency: int, offset: int, probe: bytes, log_path: Pat
     try:
         server.wait_ready(probe)
         rss_ready = proc_status(server.pid)["VmRSS"]
-        client = Child([
-            "--role", "client", "--corpus", str(args.corpus), "--port", str(server.port),
-            "--concurrency", str(concurrency), "--n", str(args.n),
-            "--warmup", str(max(args.warmup, 2 * concurrency)), "--offset", str(offset),
-            "--max-seconds", str(args.max_seconds),
-        ], f"client[c={concurrency}]")
+        client = Child(
+            [
+                "--role",
+                "client",
+                "--corpus",
+                str(args.corpus),
+                "--port",
+                str(server.port),
+                "--concurrency",
+                str(concurrency),
+                "--n",
+                str(args.n),
+                "--warmup",
+                str(max(args.warmup, 2 * concurrency)),
+                "--offset",
+                str(offset),
+                "--max-seconds",
+                str(args.max_seconds),
+            ],
+            f"client[c={concurrency}]",
+        )
         marks = {}
 
         def before_go():
@@ -531,16 +584,18 @@ def service_run(args, concurrency: int, offset: int, probe: bytes, log_path: Pat
         total = metrics1.get(f"{key}_sum", 0) - m0.get(f"{key}_sum", 0)
         if count > 0:
             steps[key] = {"count": int(count), "mean_ms": total / count * 1e3}
-    run.update({
-        "concurrency": concurrency,
-        "server_cpu_ms_per_img": (cpu1 - marks["cpu0"]) / max(run["n"], 1) * 1e3,
-        "client_cpu_ms_per_img": result["cpu_s"] / max(run["n"], 1) * 1e3,
-        "cpu_ms_per_img": ((cpu1 - marks["cpu0"]) + result["cpu_s"]) / max(run["n"], 1) * 1e3,
-        "peak_rss_mb": status["VmHWM"] / 2**20,
-        "rss_ready_mb": rss_ready / 2**20,
-        "client_peak_rss_mb": result["hwm"] / 2**20,
-        "server_steps": steps,
-    })
+    run.update(
+        {
+            "concurrency": concurrency,
+            "server_cpu_ms_per_img": (cpu1 - marks["cpu0"]) / max(run["n"], 1) * 1e3,
+            "client_cpu_ms_per_img": result["cpu_s"] / max(run["n"], 1) * 1e3,
+            "cpu_ms_per_img": ((cpu1 - marks["cpu0"]) + result["cpu_s"]) / max(run["n"], 1) * 1e3,
+            "peak_rss_mb": status["VmHWM"] / 2**20,
+            "rss_ready_mb": rss_ready / 2**20,
+            "client_peak_rss_mb": result["hwm"] / 2**20,
+            "server_steps": steps,
+        }
+    )
     return run
 
 
@@ -558,17 +613,22 @@ def verify(args, files: list[Path], log_path: Path) -> dict:
         server.stop()
     identical = 0
     mismatches = []
-    for path, reply in zip(files, replies):
+    for path, reply in zip(files, replies, strict=True):
         data, w, h = floor_one(pyvips, path.read_bytes())
         if (reply.width, reply.height) != (w, h):
             mismatches.append(f"{path.name}: service {reply.width}x{reply.height}, floor {w}x{h}")
         elif reply.data == data:
             identical += 1
         else:
-            mismatches.append(f"{path.name}: same size, different bytes "
-                              f"({len(reply.data)} vs {len(data)})")
-    return {"files": len(files), "byte_identical": identical, "mismatches": mismatches,
-            "output_sizes": sorted({f"{r.width}x{r.height}" for r in replies})}
+            mismatches.append(
+                f"{path.name}: same size, different bytes ({len(reply.data)} vs {len(data)})"
+            )
+    return {
+        "files": len(files),
+        "byte_identical": identical,
+        "mismatches": mismatches,
+        "output_sizes": sorted({f"{r.width}x{r.height}" for r in replies}),
+    }
 
 
 def med(values):
@@ -583,7 +643,9 @@ def environment() -> dict:
     cpu = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), ""
+            )
     except OSError:
         pass
     return {
@@ -595,8 +657,11 @@ def environment() -> dict:
         "cpu_model": cpu,
         "kernel": platform.release(),
         # Settings that change the figures when set in the environment of every arm.
-        "env": {k: v for k, v in sorted(os.environ.items())
-                if k.startswith(("MALLOC_", "VIPS_", "IMAGESVC_", "GRPC_", "PYTHONMALLOC"))},
+        "env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith(("MALLOC_", "VIPS_", "IMAGESVC_", "GRPC_", "PYTHONMALLOC"))
+        },
     }
 
 
@@ -618,13 +683,18 @@ def orchestrate(args) -> int:
     env = environment()
     total_mb = sum(p.stat().st_size for p in files) / 1e6
     print(f"corpus: {len(files)} JPEGs, {total_mb:.1f} MB, {args.corpus}")
-    print(f"workers={args.workers} (service {args.service_workers})  n={args.n}  warmup={args.warmup}  repeats={args.repeats}  "
-          f"concurrency={args.concurrency}  cpus={env['cpus_usable']} ({env['cpu_model']})",
-          flush=True)
+    print(
+        f"workers={args.workers} (service {args.service_workers})  n={args.n}  warmup={args.warmup}  repeats={args.repeats}  "
+        f"concurrency={args.concurrency}  cpus={env['cpus_usable']} ({env['cpu_model']})",
+        flush=True,
+    )
 
     check = verify(args, files, log_path)
-    print(f"verify: {check['byte_identical']}/{check['files']} service replies byte-identical "
-          f"to the floor's output; sizes {', '.join(check['output_sizes'])}", flush=True)
+    print(
+        f"verify: {check['byte_identical']}/{check['files']} service replies byte-identical "
+        f"to the floor's output; sizes {', '.join(check['output_sizes'])}",
+        flush=True,
+    )
     for line in check["mismatches"]:
         print(f"  mismatch: {line}")
 
@@ -633,11 +703,13 @@ def orchestrate(args) -> int:
         (f"floor {args.workers}thr", lambda off: floor_run(args, 1, args.workers, off))
     ]
     if args.floor_procs > 0:
-        arms.append((f"floor {args.floor_procs}proc",
-                     lambda off: floor_run(args, args.floor_procs, 1, off)))
+        arms.append(
+            (f"floor {args.floor_procs}proc", lambda off: floor_run(args, args.floor_procs, 1, off))
+        )
     for conc in args.concurrency:
-        arms.append((f"service c{conc}",
-                     lambda off, c=conc: service_run(args, c, off, probe, log_path)))
+        arms.append(
+            (f"service c{conc}", lambda off, c=conc: service_run(args, c, off, probe, log_path))
+        )
 
     before = system_cpu()
     time.sleep(1.0)
@@ -656,22 +728,29 @@ def orchestrate(args) -> int:
             while run["other_cores"] > args.noise_limit and retries_left > 0 and attempts < 3:
                 retries_left -= 1
                 attempts += 1
-                print(f"  repeat {rep + 1}/{args.repeats}  {name:<14} other processes used "
-                      f"{run['other_cores']:.2f} cores: measuring again", flush=True)
+                print(
+                    f"  repeat {rep + 1}/{args.repeats}  {name:<14} other processes used "
+                    f"{run['other_cores']:.2f} cores: measuring again",
+                    flush=True,
+                )
                 time.sleep(3.0)
                 again = fn(offset)
                 if again["other_cores"] < run["other_cores"]:
                     run = again
             run["attempts"] = attempts
             runs[name].append(run)
-            print(f"  repeat {rep + 1}/{args.repeats}  {name:<14} {run['img_s']:6.2f} img/s  "
-                  f"p50 {run['p50_ms']:6.1f} ms  p95 {run['p95_ms']:6.1f} ms  "
-                  f"cpu {run['cpu_ms_per_img']:5.1f} ms/img  rss {run['peak_rss_mb']:6.1f} MB  "
-                  f"other {run['other_cores']:.2f} cores"
-                  + ("" if run["complete"] else "  (INCOMPLETE: hit --max-seconds)")
-                  + (f"  errors {run['errors']}" if run["errors"] else ""), flush=True)
+            print(
+                f"  repeat {rep + 1}/{args.repeats}  {name:<14} {run['img_s']:6.2f} img/s  "
+                f"p50 {run['p50_ms']:6.1f} ms  p95 {run['p95_ms']:6.1f} ms  "
+                f"cpu {run['cpu_ms_per_img']:5.1f} ms/img  rss {run['peak_rss_mb']:6.1f} MB  "
+                f"other {run['other_cores']:.2f} cores"
+                + ("" if run["complete"] else "  (INCOMPLETE: hit --max-seconds)")
+                + (f"  errors {run['errors']}" if run["errors"] else ""),
+                flush=True,
+            )
 
     floor_name = arms[0][0]
+
     def kept(name: str) -> list[dict]:
         """The runs the medians use: the quiet ones when there are any, else all of them."""
         quiet = [r for r in runs[name] if r["other_cores"] <= args.noise_limit]
@@ -699,7 +778,8 @@ def orchestrate(args) -> int:
         if name.startswith("service"):
             row["ratio_vs_floor_threads"] = row["img_s"] / floor_img_s
             row["ratio_vs_floor_threads_per_repeat"] = [
-                round(s["img_s"] / f["img_s"], 4) for s, f in zip(runs[name], runs[floor_name])
+                round(s["img_s"] / f["img_s"], 4)
+                for s, f in zip(runs[name], runs[floor_name], strict=False)
             ]
             if procs_img_s:
                 row["ratio_vs_floor_procs"] = row["img_s"] / procs_img_s
@@ -708,57 +788,91 @@ def orchestrate(args) -> int:
             row["client_cpu_ms_per_img"] = med([r["client_cpu_ms_per_img"] for r in rs])
             steps = {}
             for key in sorted({k for r in rs for k in r["server_steps"]}):
-                steps[key] = med([r["server_steps"][key]["mean_ms"] for r in rs
-                                  if key in r["server_steps"]])
+                steps[key] = med(
+                    [r["server_steps"][key]["mean_ms"] for r in rs if key in r["server_steps"]]
+                )
             row["server_step_mean_ms"] = steps
         summary[name] = row
 
     print()
-    print(f"medians over the quiet runs of {args.repeats} repeats (all runs where none was "
-          f"quiet), n={args.n} images per run, "
-          f"{args.service_workers} service workers, {args.workers} floor threads")
-    header = (f"{'arm':<14} {'img/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
-              f"{'cpu ms/img':>10} {'peak RSS MB':>11} {'other cores':>11} {'quiet':>5}")
+    print(
+        f"medians over the quiet runs of {args.repeats} repeats (all runs where none was "
+        f"quiet), n={args.n} images per run, "
+        f"{args.service_workers} service workers, {args.workers} floor threads"
+    )
+    header = (
+        f"{'arm':<14} {'img/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'cpu ms/img':>10} {'peak RSS MB':>11} {'other cores':>11} {'quiet':>5}"
+    )
     print(header)
     print("-" * len(header))
     for name, row in summary.items():
         ratio = row.get("ratio_vs_floor_threads")
-        print(f"{name:<14} {row['img_s']:7.2f} {('%.3f' % ratio) if ratio else '':>6} "
-              f"{row['p50_ms']:7.1f} {row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} "
-              f"{row['peak_rss_mb']:11.1f} {row['other_cores_max']:11.2f} "
-              f"{row['runs_quiet']:>3}/{len(runs[name])}")
-    print(f"ratio = service img/s / {floor_name} img/s (target >= 0.90); cpu = all benchmark "
-          "processes (service: server + client); other cores = most CPU used by other processes "
-          "during a run used; quiet = runs with other cores <= --noise-limit")
+        print(
+            f"{name:<14} {row['img_s']:7.2f} {('%.3f' % ratio) if ratio else '':>6} "
+            f"{row['p50_ms']:7.1f} {row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} "
+            f"{row['peak_rss_mb']:11.1f} {row['other_cores_max']:11.2f} "
+            f"{row['runs_quiet']:>3}/{len(runs[name])}"
+        )
+    print(
+        f"ratio = service img/s / {floor_name} img/s (target >= 0.90); cpu = all benchmark "
+        "processes (service: server + client); other cores = most CPU used by other processes "
+        "during a run used; quiet = runs with other cores <= --noise-limit"
+    )
     noisy = [n for n, r in summary.items() if r["other_cores_max"] > args.noise_limit]
     if noisy:
-        print(f"WARNING: no quiet run of {', '.join(noisy)} (other processes used > "
-              f"{args.noise_limit} cores); the machine was busy, treat those figures with care")
+        print(
+            f"WARNING: no quiet run of {', '.join(noisy)} (other processes used > "
+            f"{args.noise_limit} cores); the machine was busy, treat those figures with care"
+        )
     if procs_name:
-        print("vs the " + procs_name + " floor: " + ", ".join(
-            f"{n} {r['ratio_vs_floor_procs']:.3f}" for n, r in summary.items()
-            if "ratio_vs_floor_procs" in r))
-    print("service peak RSS / floor peak RSS: " + ", ".join(
-        f"{n} {r['rss_ratio_vs_floor_threads']:.2f}" for n, r in summary.items()
-        if "rss_ratio_vs_floor_threads" in r) + "  (B10 target <= 1.5)")
+        print(
+            "vs the "
+            + procs_name
+            + " floor: "
+            + ", ".join(
+                f"{n} {r['ratio_vs_floor_procs']:.3f}"
+                for n, r in summary.items()
+                if "ratio_vs_floor_procs" in r
+            )
+        )
+    print(
+        "service peak RSS / floor peak RSS: "
+        + ", ".join(
+            f"{n} {r['rss_ratio_vs_floor_threads']:.2f}"
+            for n, r in summary.items()
+            if "rss_ratio_vs_floor_threads" in r
+        )
+        + "  (B10 target <= 1.5)"
+    )
     for name, row in summary.items():
         if "server_step_mean_ms" in row:
             steps = row["server_step_mean_ms"]
-            print(f"{name}: server cpu {row['server_cpu_ms_per_img']:.1f} ms/img, client cpu "
-                  f"{row['client_cpu_ms_per_img']:.1f} ms/img; mean step ms: "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+            print(
+                f"{name}: server cpu {row['server_cpu_ms_per_img']:.1f} ms/img, client cpu "
+                f"{row['client_cpu_ms_per_img']:.1f} ms/img; mean step ms: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
+            )
 
     out = {
         "benchmark": "B1/B10 imagesvc ProcessImage fit 720x720 JPEG q80 vs pyvips floor",
         "timestamp": stamp,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "background_load_cores": idle_load,
-        "config": {"n": args.n, "warmup": args.warmup, "repeats": args.repeats,
-                   "noise_limit": args.noise_limit, "noisy_retries": args.noisy_retries,
-                   "concurrency": args.concurrency, "workers": args.workers,
-                   "service_workers": args.service_workers,
-                   "floor_procs": args.floor_procs, "corpus": str(args.corpus),
-                   "corpus_files": [p.name for p in files], "corpus_mb": total_mb},
+        "config": {
+            "n": args.n,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "noise_limit": args.noise_limit,
+            "noisy_retries": args.noisy_retries,
+            "concurrency": args.concurrency,
+            "workers": args.workers,
+            "service_workers": args.service_workers,
+            "floor_procs": args.floor_procs,
+            "corpus": str(args.corpus),
+            "corpus_files": [p.name for p in files],
+            "corpus_mb": total_mb,
+        },
         "environment": env,
         "verify": check,
         "summary": summary,
@@ -767,8 +881,10 @@ def orchestrate(args) -> int:
     }
     path = results_dir / f"throughput-{stamp}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
-          f"({out['elapsed_s']:.0f} s)")
+    print(
+        f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
+        f"({out['elapsed_s']:.0f} s)"
+    )
     return 0
 
 
@@ -779,26 +895,48 @@ def default_workers() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="images per timed run (default 200)")
-    parser.add_argument("--concurrency", default="2,4",
-                        help="client concurrencies, comma-separated (default 2,4)")
+    parser.add_argument(
+        "--concurrency", default="2,4", help="client concurrencies, comma-separated (default 2,4)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--corpus", type=Path, default=None,
-                        help="folder of JPEGs (default: build bench/corpus/)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="IMAGESVC_WORKERS and floor threads (default: usable CPUs)")
-    parser.add_argument("--service-workers", type=int, default=None,
-                        help="IMAGESVC_WORKERS of the service only (default: --workers)")
-    parser.add_argument("--floor-procs", type=int, default=None,
-                        help="processes of the multi-process floor (default: workers; 0: skip)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed requests before each run (default: corpus size)")
-    parser.add_argument("--max-seconds", type=float, default=120,
-                        help="time cap of one timed run")
+    parser.add_argument(
+        "--corpus", type=Path, default=None, help="folder of JPEGs (default: build bench/corpus/)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="IMAGESVC_WORKERS and floor threads (default: usable CPUs)",
+    )
+    parser.add_argument(
+        "--service-workers",
+        type=int,
+        default=None,
+        help="IMAGESVC_WORKERS of the service only (default: --workers)",
+    )
+    parser.add_argument(
+        "--floor-procs",
+        type=int,
+        default=None,
+        help="processes of the multi-process floor (default: workers; 0: skip)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed requests before each run (default: corpus size)",
+    )
+    parser.add_argument("--max-seconds", type=float, default=120, help="time cap of one timed run")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
-    parser.add_argument("--noise-limit", type=float, default=0.15,
-                        help="CPU cores used by other processes above which a run is redone")
-    parser.add_argument("--noisy-retries", type=int, default=6,
-                        help="most redone runs in total (0: never redo)")
+    parser.add_argument(
+        "--noise-limit",
+        type=float,
+        default=0.15,
+        help="CPU cores used by other processes above which a run is redone",
+    )
+    parser.add_argument(
+        "--noisy-retries", type=int, default=6, help="most redone runs in total (0: never redo)"
+    )
     # internal roles
     parser.add_argument("--role", choices=("floor", "client"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)

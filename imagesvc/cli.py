@@ -122,7 +122,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     stub = health_pb2_grpc.HealthStub(_channel(args.target))
     try:
-        response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        response = stub.Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+        )
     except grpc.RpcError as error:
         print(f"{args.service or '(server)'}: {error.code().name}", file=sys.stderr)
         return 1
@@ -132,7 +134,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m imagesvc.cli", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m imagesvc.cli", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--target", default="127.0.0.1:50051", help="service address")
     parser.add_argument("--timeout", type=float, default=30.0, help="RPC deadline in seconds")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -45,7 +45,9 @@ class Detector(Protocol):
     @property
     def classes(self) -> frozenset[str]: ...
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]: ...
+    async def detect(
+        self, rgb: np.ndarray, *, timeout_s: float | None = None
+    ) -> list[Detection]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +206,7 @@ class _Run:
 class Engine:
     """Runs requests; owns the worker pool and the admission limits."""
 
-    def __init__(
-        self, settings: Settings, detector: Detector | None, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, detector: Detector | None, metrics: Metrics) -> None:
         self.settings = settings
         self.detector = detector
         self.metrics = metrics
@@ -271,9 +271,13 @@ class Engine:
         image = header.image
         if shrink > 1:
             image = open_header(request.data, self.settings, shrink=shrink).image
-        src_w, src_h = header.oriented_size if self.settings.auto_rotate else (
-            header.image.width,
-            header.image.height,
+        src_w, src_h = (
+            header.oriented_size
+            if self.settings.auto_rotate
+            else (
+                header.image.width,
+                header.image.height,
+            )
         )
         ctx = StepContext(self.settings, deadline, (src_w, src_h))
         if self.settings.auto_rotate and header.orientation != 1:

@@ -90,14 +90,15 @@ class Affine:
         if det == 0:
             raise ValueError("singular transform")
         a, b, d, e = self.e / det, -self.b / det, -self.d / det, self.a / det
-        return Affine(a=a, b=b, c=-(a * self.c + b * self.f), d=d, e=e, f=-(d * self.c + e * self.f))
+        return Affine(
+            a=a, b=b, c=-(a * self.c + b * self.f), d=d, e=e, f=-(d * self.c + e * self.f)
+        )
 
     def point(self, x: float, y: float) -> tuple[float, float]:
         return self.a * x + self.b * y + self.c, self.d * x + self.e * y + self.f
 
     def box(self, box: Box) -> Box:
         """Axis-aligned bounds of the mapped box (exact for scales, shifts, 90° turns, flips)."""
-        xs, ys = zip(
-            *(self.point(x, y) for x in (box.left, box.right) for y in (box.top, box.bottom))
-        )
+        corners = [self.point(x, y) for x in (box.left, box.right) for y in (box.top, box.bottom)]
+        xs, ys = [x for x, _ in corners], [y for _, y in corners]
         return Box(min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))

@@ -57,7 +57,9 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest gRPC request/response message."
     )
     max_src_resolution_mp: float = Field(
-        50.0, gt=0, description="Largest source in megapixels (width x height of the decoded frame)."
+        50.0,
+        gt=0,
+        description="Largest source in megapixels (width x height of the decoded frame).",
     )
     max_pipelines: int = Field(10, ge=1, description="Most chained pipelines in one request.")
     max_operations: int = Field(32, ge=1, description="Most operations in one pipeline.")
@@ -118,7 +120,9 @@ class Settings(BaseSettings):
     def _known_source_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = sorted(set(value) - set(SOURCE_FORMAT_LOADERS))
         if unknown:
-            raise ValueError(f"unknown source formats {unknown}; known: {sorted(SOURCE_FORMAT_LOADERS)}")
+            raise ValueError(
+                f"unknown source formats {unknown}; known: {sorted(SOURCE_FORMAT_LOADERS)}"
+            )
         return value
 
     @field_validator("format_quality")

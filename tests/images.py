@@ -62,9 +62,7 @@ def solid(width: int, height: int, rgb=(128, 128, 128)) -> np.ndarray:
     return array
 
 
-def with_marker(
-    array: np.ndarray, x: int, y: int, size: int, colour=(255, 0, 0)
-) -> np.ndarray:
+def with_marker(array: np.ndarray, x: int, y: int, size: int, colour=(255, 0, 0)) -> np.ndarray:
     """Copy of the array with a size x size square of colour at (x, y) (top-left corner)."""
     out = array.copy()
     out[y : y + size, x : x + size] = colour

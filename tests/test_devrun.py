@@ -50,7 +50,9 @@ def test_devrun_starts_both_prints_a_working_command_and_stops_cleanly(tmp_path)
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in runner.stdout], daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in runner.stdout], daemon=True
+    ).start()
     try:
         command = None
         deadline = time.monotonic() + 240

@@ -118,9 +118,7 @@ def test_inverse_undoes_the_mapping(mapping, x, y):
 
 
 @hsettings(max_examples=200, deadline=None)
-@given(
-    mapping=affines(), left=coord, top=coord, width=st.floats(0, 300), height=st.floats(0, 300)
-)
+@given(mapping=affines(), left=coord, top=coord, width=st.floats(0, 300), height=st.floats(0, 300))
 def test_box_maps_to_the_bounds_of_its_corners(mapping, left, top, width, height):
     box = Box(left, top, width, height)
     out = mapping.box(box)

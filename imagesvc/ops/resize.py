@@ -94,8 +94,9 @@ class ResizePlan:
 
 def plan(src_w: int, src_h: int, opts: ResizeOptions) -> ResizePlan:
     """The geometry of a resize of a src_w x src_h image (pure maths, no pixels)."""
-    target_w, target_h = _round(opts.width * opts.dpr) if opts.width else 0, (
-        _round(opts.height * opts.dpr) if opts.height else 0
+    target_w, target_h = (
+        _round(opts.width * opts.dpr) if opts.width else 0,
+        (_round(opts.height * opts.dpr) if opts.height else 0),
     )
     min_w = _round(opts.min_width * opts.dpr) if opts.min_width else 0
     min_h = _round(opts.min_height * opts.dpr) if opts.min_height else 0

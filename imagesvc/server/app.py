@@ -51,7 +51,10 @@ class RunningServer:
 
 
 def build_metrics(settings: Settings, registry: CollectorRegistry | None) -> Metrics:
-    info = {"version": VERSION, "libvips_version": ".".join(str(pyvips.version(i)) for i in range(3))}
+    info = {
+        "version": VERSION,
+        "libvips_version": ".".join(str(pyvips.version(i)) for i in range(3)),
+    }
     prometheus = PrometheusMetrics(registry, workers=settings.workers, info=info)
     if settings.dogstatsd_enabled:
         return FanOutMetrics(prometheus, DogStatsdMetrics(settings.dogstatsd_namespace))

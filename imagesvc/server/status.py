@@ -13,7 +13,9 @@ from imagesvc.errors import ERROR_DOMAIN, ImageSvcError
 def to_grpc_status(error: ImageSvcError) -> grpc.Status:
     info = any_pb2.Any()
     info.Pack(
-        error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
     )
     details = [info]
     if error.violations:

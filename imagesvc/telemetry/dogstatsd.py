@@ -52,4 +52,3 @@ class DogStatsdMetrics:
     def close(self) -> None:
         self._statsd.flush()
         self._statsd.close_socket()
-

@@ -31,7 +31,11 @@ class PrometheusMetrics:
     """Metrics on a prometheus-client registry (the process default unless one is given)."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, *, workers: int = 0, info: dict | None = None
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        workers: int = 0,
+        info: dict | None = None,
     ) -> None:
         kw = {"registry": registry} if registry is not None else {}
         rpc_labels = ("grpc_type", "grpc_service", "grpc_method")
@@ -68,7 +72,9 @@ class PrometheusMetrics:
         self._output_bytes = Histogram(
             names.OUTPUT_BYTES, "Result sizes.", ("format",), buckets=BYTE_BUCKETS, **kw
         )
-        self._triton_ready = Gauge(names.TRITON_READY, "1 when Triton and its models are ready.", **kw)
+        self._triton_ready = Gauge(
+            names.TRITON_READY, "1 when Triton and its models are ready.", **kw
+        )
         workers_gauge = Gauge(names.WORKERS, "Configured image workers.", **kw)
         workers_gauge.set(workers)
         build = Gauge(names.BUILD_INFO, "Build information.", tuple(sorted(info or {})), **kw)
@@ -101,7 +107,9 @@ class PrometheusMetrics:
         self._queue.inc(delta)
 
     def image_bytes(self, direction: str, fmt: str, size: int) -> None:
-        (self._input_bytes if direction == "input" else self._output_bytes).labels(fmt).observe(size)
+        (self._input_bytes if direction == "input" else self._output_bytes).labels(fmt).observe(
+            size
+        )
 
     def triton_ready(self, ready: bool) -> None:
         self._triton_ready.set(1 if ready else 0)

@@ -40,9 +40,10 @@ def test_more_sigma_blurs_more(make_ctx):
     soft = to_array(blur.run(from_array(step_edge()), BlurOptions(1.0), make_ctx(80, 40)))
     softer = to_array(blur.run(from_array(step_edge()), BlurOptions(4.0), make_ctx(80, 40)))
     assert edge_width(softer[20, :, 0]) > edge_width(soft[20, :, 0])
-    assert np.abs(np.diff(softer[20, :, 0].astype(int))).max() < np.abs(
-        np.diff(soft[20, :, 0].astype(int))
-    ).max()
+    assert (
+        np.abs(np.diff(softer[20, :, 0].astype(int))).max()
+        < np.abs(np.diff(soft[20, :, 0].astype(int))).max()
+    )
 
 
 def test_flat_image_stays_flat(make_ctx):

@@ -33,9 +33,7 @@ def test_only_the_box_is_blurred(make_ctx):
     source = textured(W, H)
     # Fractional box: covered outwards, to 30..70 x 20..50.
     ctx = make_ctx(W, H, objects=[DetectedObject("face", 0.9, Box(30.4, 20.6, 39.2, 29.1))])
-    out = to_array(
-        blur_detections.run(from_array(source), BlurDetectionsOptions(4.0, None), ctx)
-    )
+    out = to_array(blur_detections.run(from_array(source), BlurDetectionsOptions(4.0, None), ctx))
     inside = box_mask(30, 20, 70, 50)
     assert (out[~inside] == source[~inside]).all()
     changed = changed_region(source, out)

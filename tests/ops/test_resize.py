@@ -422,9 +422,7 @@ def test_extend_pads_transparently_around_the_image_by_gravity(make_ctx, positio
     ctx = make_ctx(60, 40)
     out = resize.run(
         from_array(solid(60, 40, (10, 200, 30))),
-        ResizeOptions(
-            width=100, height=100, extend=True, extend_gravity=CompassGravity(position)
-        ),
+        ResizeOptions(width=100, height=100, extend=True, extend_gravity=CompassGravity(position)),
         ctx,
     )
     assert (out.width, out.height, out.bands) == (100, 100, 4)

@@ -53,7 +53,10 @@ async def service(triton_sidecar):
 
 @pytest.fixture(scope="session")
 async def channel(service):
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    options = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}", options=options) as ch:
         await wait_serving(ch)
         yield ch

@@ -48,7 +48,5 @@ def find_offset(output: np.ndarray, reference: np.ndarray) -> int:
     out = output.astype(np.float32)
     ref = reference.astype(np.float32)
     width = out.shape[1]
-    errors = [
-        np.mean(np.abs(ref[:, x : x + width] - out)) for x in range(ref.shape[1] - width + 1)
-    ]
+    errors = [np.mean(np.abs(ref[:, x : x + width] - out)) for x in range(ref.shape[1] - width + 1)]
     return int(np.argmin(errors))

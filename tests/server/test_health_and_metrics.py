@@ -51,9 +51,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def value(samples, name: str, **labels) -> float:
-    return sum(
-        v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)
-    )
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 async def test_metrics_count_rpcs_steps_inference_and_errors(stub, service):
@@ -117,8 +115,14 @@ async def test_cli_process_describe_health(service, tmp_path, channel):
     target = f"127.0.0.1:{service.port}"
     out = tmp_path / "face.webp"
     done = await run_cli(
-        "--target", target, "process", "samples/astronaut.jpg", "-o", str(out),
-        "--pipeline", "samples/face-crop.json",
+        "--target",
+        target,
+        "process",
+        "samples/astronaut.jpg",
+        "-o",
+        str(out),
+        "--pipeline",
+        "samples/face-crop.json",
     )
     assert done.returncode == 0, done.stderr
     assert "detection face" in done.stdout

@@ -29,8 +29,14 @@ async def test_node_client_processes_and_reads_rich_errors(service, channel, tmp
     google_protos = Path(rpc.__path__[0]).parents[1]
     done = await asyncio.to_thread(
         subprocess.run,
-        [node, "clients/node/process.mjs", f"127.0.0.1:{service.port}", str(source), str(out),
-         str(google_protos)],
+        [
+            node,
+            "clients/node/process.mjs",
+            f"127.0.0.1:{service.port}",
+            str(source),
+            str(out),
+            str(google_protos),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -39,7 +45,11 @@ async def test_node_client_processes_and_reads_rich_errors(service, channel, tmp
     assert done.returncode == 0, done.stderr
     ok, junk = (json.loads(line) for line in done.stdout.splitlines())
     assert ok == {
-        "call": "ok", "format": "IMAGE_FORMAT_WEBP", "width": 100, "height": 100, "detections": 0
+        "call": "ok",
+        "format": "IMAGE_FORMAT_WEBP",
+        "width": 100,
+        "height": 100,
+        "detections": 0,
     }
     result = pyvips.Image.new_from_file(str(out))
     assert (result.width, result.height) == (100, 100)

@@ -22,7 +22,9 @@ def fill_square(gravity: pb.Gravity, size: int = 256) -> pb.Pipeline:
     return pb.Pipeline(operations=[pb.Operation(resize=resize)])
 
 
-async def crop_offset(stub, source: bytes, gravity: pb.Gravity) -> tuple[int, pb.ProcessImageResponse]:
+async def crop_offset(
+    stub, source: bytes, gravity: pb.Gravity
+) -> tuple[int, pb.ProcessImageResponse]:
     """Run a 256x256 fill of the wide scene and find where in the scaled scene the crop lies."""
     response = await stub.ProcessImage(
         pb.ProcessImageRequest(
@@ -112,11 +114,12 @@ async def test_chained_pipelines_run_in_order_on_the_previous_result(stub):
     result = decode(response.data)
     assert result.get("vips-loader").startswith("webpload")
     expected = (
-        scenes.astronaut().resize(300 / 512, kernel="lanczos3").extract_area(75, 100, 150, 100).rot("d90")
+        scenes.astronaut()
+        .resize(300 / 512, kernel="lanczos3")
+        .extract_area(75, 100, 150, 100)
+        .rot("d90")
     )
-    ssim = structural_similarity(
-        expected.numpy(), result.numpy(), channel_axis=2, data_range=255
-    )
+    ssim = structural_similarity(expected.numpy(), result.numpy(), channel_axis=2, data_range=255)
     assert ssim > 0.9, ssim
 
 

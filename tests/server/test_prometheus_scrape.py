@@ -53,9 +53,7 @@ async def test_prometheus_scrapes_rpc_step_and_inference_metrics(service, stub, 
     await stub.ProcessImage(
         pb.ProcessImageRequest(
             source=pb.ImageSource(data=scenes.astronaut().jpegsave_buffer()),
-            pipelines=[
-                pb.Pipeline(operations=[pb.Operation(draw_detections=pb.DrawDetections())])
-            ],
+            pipelines=[pb.Pipeline(operations=[pb.Operation(draw_detections=pb.DrawDetections())])],
         ),
         timeout=30,
     )
