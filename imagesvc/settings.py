@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(
         0.5, gt=0, description="Client timeout of one Triton inference; then the op degrades."
     )
+    triton_retry_after_s: float = Field(
+        2.0,
+        ge=0,
+        description="After Triton fails, skip it (degrade at once) this long before probing again.",
+    )
     detection_score_threshold: float = Field(0.5, ge=0, le=1, description="Min face score.")
     detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
     detection_max_side: int = Field(

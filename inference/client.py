@@ -167,6 +167,11 @@ class FaceDetector:
         they raise.
     models
         Triton model name -> BlazeFace variant; defaults to ``model_repository/``'s.
+    retry_after_s
+        Circuit breaker: after Triton was found unavailable (a failed call or a failed
+        ``ready()``), ``detect`` fails at once with ``TRITON_CIRCUIT_OPEN`` for this long,
+        then lets one call through to probe; a success or a passing ``ready()`` closes it.
+        A slow or dead sidecar then costs callers nothing instead of a timeout each.
     """
 
     def __init__(
@@ -178,6 +183,7 @@ class FaceDetector:
         on_inference: Callable[[str, float], None] | None = None,
         *,
         models: Mapping[str, BlazeFaceVariant] = DEFAULT_MODELS,
+        retry_after_s: float = 2.0,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -189,6 +195,8 @@ class FaceDetector:
         )
         self._client: triton_grpc.InferenceServerClient | None = None
         self._not_ready_reason: str | None = None
+        self.retry_after_s = retry_after_s
+        self._breaker_opened: float | None = None  # time.monotonic() when it last opened
 
     @property
     def classes(self) -> frozenset[str]:
@@ -213,6 +221,21 @@ class FaceDetector:
         timeout = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
         if timeout <= 0:
             raise InferenceUnavailable("TRITON_TIMEOUT", "no time left for inference")
+        if self._breaker_opened is not None:
+            if time.monotonic() - self._breaker_opened < self.retry_after_s:
+                raise InferenceUnavailable(
+                    "TRITON_CIRCUIT_OPEN", "Triton was unavailable moments ago; not calling it"
+                )
+            self._breaker_opened = time.monotonic()  # half-open: this call probes, others wait
+        try:
+            detections = await self._detect(rgb, timeout)
+        except InferenceUnavailable:
+            self._breaker_opened = time.monotonic()
+            raise
+        self._breaker_opened = None
+        return detections
+
+    async def _detect(self, rgb: np.ndarray, timeout: float) -> list[Detection]:
         # Letterboxing is a few ms of numpy, which releases the GIL: keep it off the loop.
         # timeout bounds each Triton call; this part is not counted in it.
         inputs = await asyncio.to_thread(self._letterbox_all, rgb)
@@ -308,6 +331,10 @@ class FaceDetector:
             else:
                 logger.warning("Triton at %s not ready: %s", self.url, problem)
             self._not_ready_reason = problem
+        if problem is None:
+            self._breaker_opened = None
+        elif self._breaker_opened is None:
+            self._breaker_opened = time.monotonic()
         return problem is None
 
     async def _readiness_problem(self) -> str | None:

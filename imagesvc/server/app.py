@@ -79,6 +79,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         score_threshold=settings.detection_score_threshold,
         nms_threshold=settings.detection_nms_threshold,
         on_inference=metrics.inference,
+        retry_after_s=settings.triton_retry_after_s,
     )
     engine = Engine(settings, detector, metrics)
     options = [

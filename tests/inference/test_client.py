@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import dataclasses
 import socket
 import time
@@ -169,7 +171,8 @@ def _closed_port() -> int:
 
 
 async def test_unreachable_triton_fails_fast_and_is_not_ready():
-    detector = FaceDetector(f"127.0.0.1:{_closed_port()}", timeout_s=0.5)
+    # retry_after_s=0: no breaker, so every call really goes to the closed port.
+    detector = FaceDetector(f"127.0.0.1:{_closed_port()}", timeout_s=0.5, retry_after_s=0)
     image = np.zeros((64, 64, 3), np.uint8)
     try:
         for _ in range(2):  # the second call meets a channel already in backoff
@@ -181,6 +184,39 @@ async def test_unreachable_triton_fails_fast_and_is_not_ready():
         started = time.perf_counter()
         assert await detector.ready() is False
         assert time.perf_counter() - started < 0.5
+    finally:
+        await detector.close()
+
+
+async def test_breaker_fails_fast_after_a_failure_then_probes_again():
+    detector = FaceDetector(f"127.0.0.1:{_closed_port()}", timeout_s=0.5, retry_after_s=0.3)
+    image = np.zeros((64, 64, 3), np.uint8)
+    try:
+        with pytest.raises(InferenceUnavailable) as caught:
+            await detector.detect(image)
+        assert caught.value.reason == "TRITON_UNAVAILABLE"
+        with pytest.raises(InferenceUnavailable) as caught:
+            await detector.detect(image)
+        assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
+        await asyncio.sleep(0.35)
+        with pytest.raises(InferenceUnavailable) as caught:  # half-open: one real probe
+            await detector.detect(image)
+        assert caught.value.reason == "TRITON_UNAVAILABLE"
+    finally:
+        await detector.close()
+
+
+@pytest.mark.triton
+async def test_a_passing_readiness_check_closes_the_breaker(triton_sidecar):
+    detector = FaceDetector(triton_sidecar.grpc_url, timeout_s=5.0, retry_after_s=60)
+    try:
+        with pytest.raises(InferenceUnavailable):  # no time at all: counts as unavailable
+            await detector.detect(skimage.data.astronaut(), timeout_s=1e-6)
+        with pytest.raises(InferenceUnavailable) as caught:
+            await detector.detect(skimage.data.astronaut())
+        assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
+        assert await detector.ready() is True
+        assert len(await detector.detect(skimage.data.astronaut())) == 1
     finally:
         await detector.close()
 
@@ -266,7 +302,10 @@ async def test_a_deadline_shorter_than_inference_is_a_timeout(detector):
 
 @pytest.mark.triton
 async def test_a_missing_model_is_not_ready(triton_sidecar):
-    detector = FaceDetector(triton_sidecar.grpc_url, models={"no_such_model": SHORT_RANGE})
+    # retry_after_s=0: the breaker that ready() opens must not hide the real call's reason.
+    detector = FaceDetector(
+        triton_sidecar.grpc_url, models={"no_such_model": SHORT_RANGE}, retry_after_s=0
+    )
     try:
         assert await detector.ready() is False
         with pytest.raises(InferenceUnavailable) as caught:

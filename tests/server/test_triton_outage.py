@@ -79,11 +79,14 @@ async def test_triton_stopped_mid_suite_degrades_instead_of_failing(monkeypatch)
                 ("DETECTION_UNAVAILABLE", "blur_detections"),
             }
             assert "fell back to smart crop" in " ".join(d.message for d in degraded.degradations)
+            # The breaker is open now: the next request does not even try Triton.
+            again = await stub.ProcessImage(face_request(), timeout=30)
+            assert "TRITON_CIRCUIT_OPEN" in again.degradations[0].message
             # The pod stays in rotation: ImageService health does not follow Triton.
             await wait_serving(channel, timeout=5)
 
         samples = scrape(running.metrics_port)
-        assert value(samples, "imagesvc_degradations_total", reason="DETECTION_UNAVAILABLE") == 2
+        assert value(samples, "imagesvc_degradations_total", reason="DETECTION_UNAVAILABLE") == 4
         lines = dogstatsd_lines(statsd)
         assert any(
             line.startswith("imagesvc.degradations:1|c|") and "op:blur_detections" in line
