@@ -243,10 +243,22 @@ class Engine:
             self.metrics.images_in_progress(-1)
             self._slots.release()
 
-    async def _work(self, func: Callable[..., T], *args) -> T:
-        loop = asyncio.get_running_loop()
+    async def _work(self, func: Callable[..., T], *args, ctx: StepContext | None = None) -> T:
+        """Run ``func`` on the worker pool.
+
+        When the RPC is cancelled (or its deadline passes) meanwhile, the worker slot stays held
+        until the thread has stopped: ``ctx.cancelled`` stops it at the next step boundary, and
+        libvips is killed mid-encode. Releasing the slot earlier would let admission start new
+        work while the old still burns the CPU.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
         try:
-            return await loop.run_in_executor(self._executor, func, *args)
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if ctx is not None:
+                ctx.cancelled = True
+            await asyncio.wait([future])
+            raise
         except pyvips.Error as error:
             raise vips.classify(error) from error
 
@@ -263,7 +275,7 @@ class Engine:
         async with self.admitted():
             return await self._process(request, ctx_deadline)
 
-    def _load(self, request: ProcessRequest, deadline: float) -> _Run:
+    def _load(self, request: ProcessRequest, ctx: StepContext) -> _Run:
         header = open_header(request.data, self.settings)
         shrink = plan_shrink_on_load(
             header, request.pipelines, auto_rotate=self.settings.auto_rotate
@@ -279,7 +291,7 @@ class Engine:
                 header.image.height,
             )
         )
-        ctx = StepContext(self.settings, deadline, (src_w, src_h))
+        ctx.source_size = (src_w, src_h)
         if self.settings.auto_rotate and header.orientation != 1:
             image = ctx.random_access(image).autorot()
         if (image.width, image.height) != (src_w, src_h):
@@ -295,7 +307,7 @@ class Engine:
         finally:
             self.metrics.step(name, time.perf_counter() - started)
 
-    def _advance(self, run: _Run | None, request: ProcessRequest, deadline: float) -> _Run:
+    def _advance(self, run: _Run | None, request: ProcessRequest, ctx: StepContext) -> _Run:
         """Worker-thread side: load if needed, then run steps until one needs detections that
         have not been computed (the event loop fetches them) or, at the end, encode.
 
@@ -303,8 +315,7 @@ class Engine:
         small; the deadline (and cancellation) is still checked between every two steps.
         """
         if run is None:
-            run = self._timed("load", self._load, request, deadline)
-        ctx = run.ctx
+            run = self._timed("load", self._load, request, ctx)
         while run.next_op < len(run.ops):
             op = run.ops[run.next_op]
             ctx.check_deadline()
@@ -337,18 +348,13 @@ class Engine:
             raise
 
     async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
-        run: _Run | None = None
-        try:
-            run = await self._work(self._advance, run, request, deadline)
-            while run.encoded is None:
-                await self._detect(run)
-                run = await self._work(self._advance, run, request, deadline)
-        except asyncio.CancelledError:
-            if run is not None:
-                run.ctx.cancelled = True  # a step still running in the pool stops at its end
-            raise
+        # Filled in by the load; exists first so a cancellation can reach the worker thread.
+        ctx = StepContext(self.settings, deadline, (0, 0))
+        run = await self._work(self._advance, None, request, ctx, ctx=ctx)
+        while run.encoded is None:
+            await self._detect(run)
+            run = await self._work(self._advance, run, request, ctx, ctx=ctx)
         data, fmt = run.encoded
-        ctx = run.ctx
         self.metrics.image_bytes("input", run.header.format, len(request.data))
         self.metrics.image_bytes("output", fmt, len(data))
         for item in ctx.degradations:

@@ -696,3 +696,20 @@ async def test_deadline_stops_libvips_inside_the_encode(make_engine):
     # Unbounded, these blurs take about 23 s on one core here; without the kill the error
     # would only surface after they finish. The bound is loose so a busy machine cannot fail it.
     assert time.monotonic() - started < 8.0
+
+
+async def test_a_cancelled_request_keeps_its_worker_until_the_work_stops(make_engine):
+    engine = make_engine(workers=1, max_queue=0)
+    source = png(solid(2400, 2400, (120, 80, 40)))
+    ops = [pb.Operation(blur=pb.Blur(sigma=90))] * 3  # ~23 s of pixels if nothing stops it
+    task = asyncio.ensure_future(run(engine, request(source, ops), timeout=60))
+    await asyncio.sleep(0.5)  # inside the encode by now
+    task.cancel()
+    started = time.monotonic()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The cancel returned only once libvips was killed, so the slot is free for the next one.
+    assert time.monotonic() - started < 8.0
+    # Had the blur gone on in the pool, this request would wait behind it past its deadline.
+    result = await run(engine, request(png(solid(64, 64)), [resize_op(width=32)]), timeout=5)
+    assert result.width == 32

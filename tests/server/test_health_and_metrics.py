@@ -54,8 +54,19 @@ def value(samples, name: str, **labels) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
+async def idle_scrape(port: int) -> dict:
+    """A scrape taken when no image is in progress (an earlier test's cancelled request may
+    still be stopping), so deltas count only this test's requests."""
+    for _ in range(300):
+        samples = await asyncio.to_thread(scrape, port)
+        if value(samples, "imagesvc_images_in_progress") == 0:
+            return samples
+        await asyncio.sleep(0.1)
+    raise AssertionError("images stayed in progress for 30 s")
+
+
 async def test_metrics_count_rpcs_steps_inference_and_errors(stub, service):
-    before = scrape(service.metrics_port)
+    before = await idle_scrape(service.metrics_port)
     source = scenes.astronaut().jpegsave_buffer()
     await stub.ProcessImage(
         pb.ProcessImageRequest(
