@@ -47,12 +47,21 @@ class StepContext:
     detection_failure: str | None = None  # reason when detection was unavailable
     degradations: list[Degradation] = field(default_factory=list)
     cancelled: bool = False
+    # The image libvips is computing right now (the encode), which kill() stops mid-way.
+    killable: pyvips.Image | None = None
 
     def check_deadline(self) -> None:
         if self.cancelled:
             raise Cancelled("the caller cancelled the request")
         if time.monotonic() > self.deadline:
             raise DeadlineExceeded("the deadline passed while the image was being processed")
+
+    def kill(self) -> None:
+        """Stop libvips mid-computation (from any thread); it then fails with an error that
+        ``check_deadline`` turns into DeadlineExceeded or Cancelled."""
+        image = self.killable
+        if image is not None:
+            image.set_kill(True)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
