@@ -284,14 +284,8 @@ class Engine:
         image = header.image
         if shrink > 1:
             image = open_header(request.data, self.settings, shrink=shrink).image
-        src_w, src_h = (
-            header.oriented_size
-            if self.settings.auto_rotate
-            else (
-                header.image.width,
-                header.image.height,
-            )
-        )
+        stored = (header.image.width, header.image.height)
+        src_w, src_h = header.oriented_size if self.settings.auto_rotate else stored
         ctx.source_size = (src_w, src_h)
         if self.settings.auto_rotate and header.orientation != 1:
             image = ctx.random_access(image).autorot()
