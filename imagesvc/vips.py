@@ -43,8 +43,36 @@ _MAGIC = (
 )
 
 
+# pyvips hands every libvips log message to Python logging, from libvips' own threads, so each
+# takes the GIL; a resize alone logs five INFO lines, and a pipeline waiting for the GIL held by
+# the event loop stalls. Warnings and errors are worth that; INFO and DEBUG are left to GLib's
+# default handler, which drops them unless G_MESSAGES_DEBUG asks for them.
+_LOGGED_LEVELS = (
+    pyvips.GLogLevelFlags.LEVEL_WARNING
+    | pyvips.GLogLevelFlags.LEVEL_CRITICAL
+    | pyvips.GLogLevelFlags.LEVEL_ERROR
+    | pyvips.GLogLevelFlags.FLAG_FATAL
+    | pyvips.GLogLevelFlags.FLAG_RECURSION
+)
+
+
+def log_warnings_only() -> None:
+    """Re-register pyvips' libvips log handler for warnings and errors only (idempotent).
+
+    pyvips keeps the handler id in a module global that its atexit hook unregisters; it is
+    updated here so that hook removes this handler instead.
+    """
+    glib = pyvips.glib_lib
+    if pyvips._log_handler_id:
+        glib.g_log_remove_handler(b"VIPS", pyvips._log_handler_id)
+    pyvips._log_handler_id = glib.g_log_set_handler(
+        b"VIPS", _LOGGED_LEVELS, pyvips._log_handler_cb, pyvips.ffi.NULL
+    )
+
+
 def configure(settings: Settings) -> None:
     """Process-wide libvips settings; call once before the first image."""
+    log_warnings_only()
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)

@@ -136,3 +136,27 @@ def test_our_own_geometry_mistakes_are_not_blamed_on_the_source():
     with pytest.raises(pyvips.Error) as caught:
         from_array(solid(4, 4)).extract_area(2, 2, 10, 10)
     assert isinstance(vips.classify(caught.value), ProcessingFailed)
+
+
+def test_libvips_info_lines_no_longer_reach_python_logging(caplog):
+    # Each libvips log line is a callback into Python from a libvips thread (it takes the GIL);
+    # a resize logs several INFO lines, which configure() keeps out of Python.
+    caplog.set_level("DEBUG", logger="pyvips")
+    image = from_array(np.random.default_rng(1).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    image.resize(0.3, kernel="lanczos3").jpegsave_buffer(Q=80)
+    assert not [r for r in caplog.records if r.name == "pyvips" and r.levelname == "INFO"]
+
+
+def test_libvips_warnings_still_reach_python_logging(caplog):
+    caplog.set_level("DEBUG", logger="pyvips")
+    gif = from_array(np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8))
+    truncated = gif.gifsave_buffer()[:-10]
+    pyvips.Image.new_from_buffer(truncated, "", fail_on="none").avg()
+    warnings = [r for r in caplog.records if r.name == "pyvips" and r.levelname == "WARNING"]
+    assert any("GIF" in r.getMessage() for r in warnings)
+
+
+def test_log_filter_is_idempotent(caplog):
+    vips.log_warnings_only()
+    vips.log_warnings_only()
+    test_libvips_warnings_still_reach_python_logging(caplog)
