@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     health_poll_s: float = Field(
         5.0, gt=0, description="How often Triton readiness is polled for health and metrics."
     )
+    malloc_tuning: bool = Field(
+        True,
+        description="Keep freed large blocks in glibc malloc for the next request (see Memory).",
+    )
+    free_memory_interval_s: float = Field(
+        10.0, ge=0, description="How often unused malloc memory goes back to the OS; 0: never."
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_format: str = Field("console", description="console or json.")
     dogstatsd_enabled: bool = Field(

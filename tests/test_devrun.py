@@ -53,6 +53,7 @@ def test_devrun_starts_both_prints_a_working_command_and_stops_cleanly(tmp_path)
     threading.Thread(
         target=lambda: [lines.put(line) for line in runner.stdout], daemon=True
     ).start()
+    seen: list[str] = []
     try:
         command = None
         deadline = time.monotonic() + 240
@@ -61,6 +62,7 @@ def test_devrun_starts_both_prints_a_working_command_and_stops_cleanly(tmp_path)
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
+            seen.append(line)
             if "imagesvc.cli" in line and "process" in line:
                 command = line.strip()
         assert command, "devrun never printed the command to try"
@@ -76,5 +78,7 @@ def test_devrun_starts_both_prints_a_working_command_and_stops_cleanly(tmp_path)
         runner.send_signal(signal.SIGTERM)
         code = runner.wait(timeout=90)
     assert code == 0
+    # The service applied its malloc policy (imagesvc.memory) at start.
+    assert any("malloc_tuned" in line for line in seen)
     assert not port_open(ports["svc"]), "the service outlived devrun"
     assert not port_open(ports["http"]), "Triton outlived devrun"

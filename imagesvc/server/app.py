@@ -4,6 +4,7 @@ and reflection, graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from imagesvc import logging as imagesvc_logging
-from imagesvc import vips
+from imagesvc import memory, vips
 from imagesvc.engine import Engine
 from imagesvc.server.health import HealthReporter
 from imagesvc.server.interceptors import ServerInterceptor
@@ -40,10 +41,12 @@ class RunningServer:
     detector: FaceDetector
     metrics_port: int | None
     metrics_server: object | None
+    trimmer: memory.MemoryTrimmer
 
     async def stop(self, grace: float) -> None:
         await self.health.stop()
         await self.server.stop(grace)
+        await self.trimmer.stop()
         await self.detector.close()
         self.engine.close()
         if self.metrics_server is not None:
@@ -101,6 +104,8 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
     reporter = HealthReporter(health_servicer, detector.ready, metrics, settings.health_poll_s)
     await server.start()
     await reporter.start()
+    trimmer = memory.MemoryTrimmer(settings.free_memory_interval_s)
+    trimmer.start()
     log.info(
         "started",
         grpc=f"{settings.host}:{port}",
@@ -108,11 +113,17 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         triton=settings.triton_url,
         workers=settings.workers,
     )
-    return RunningServer(server, port, engine, reporter, detector, metrics_port, metrics_server)
+    return RunningServer(
+        server, port, engine, reporter, detector, metrics_port, metrics_server, trimmer
+    )
 
 
 async def serve(settings: Settings) -> None:
     running = await start(settings)
+    # Everything alive now (modules, descriptors, settings) lives as long as the process: move it
+    # out of the collector's reach, so full collections walk only what requests create.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,4 +137,11 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     imagesvc_logging.configure(settings.log_level, settings.log_format)
+    # A process-wide choice, so it is made here (before any thread starts), not in start().
+    if settings.malloc_tuning and memory.tune_malloc():
+        log.info(
+            "malloc_tuned",
+            mmap_threshold=memory.MMAP_THRESHOLD_BYTES,
+            trim_threshold=memory.TRIM_THRESHOLD_BYTES,
+        )
     asyncio.run(serve(settings))
