@@ -1,9 +1,9 @@
 """The pipeline engine: admission, decode (with shrink-on-load), chained pipelines, detection on
 demand, and encode.
 
-Image work runs on a bounded thread pool (pyvips releases the GIL inside libvips), one step per
-hop, with the deadline checked between steps; detection is awaited on the event loop between
-steps, so a slow Triton never holds a CPU worker.
+Image work runs on a bounded thread pool (pyvips releases the GIL inside libvips), one hop per
+stretch of steps, with the deadline checked between steps; detection is awaited on the event loop
+between steps, so a slow Triton never holds a CPU worker.
 """
 
 from __future__ import annotations

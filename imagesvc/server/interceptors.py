@@ -19,17 +19,26 @@ log = structlog.get_logger("imagesvc.rpc")
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # Wrapped unary handlers by full method name: a server's handlers never change, so
+        # each is wrapped once rather than on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
+        full_method = handler_call_details.method
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is not None:
+            return wrapped
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming RPCs (health Watch, reflection) pass through untouched
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        return grpc.unary_unary_rpc_method_handler(
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        wrapped = grpc.unary_unary_rpc_method_handler(
             self._wrap(handler.unary_unary, service, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[full_method] = wrapped
+        return wrapped
 
     def _wrap(self, behaviour, service: str, method: str):
         metrics = self._metrics
