@@ -1,19 +1,22 @@
 """B1/B10 throughput benchmark: imagesvc over gRPC vs the in-process pyvips floor.
 
 Job: fit a camera-sized JPEG into 720x720 (lanczos3), JPEG q80, optimize_coding, metadata
-stripped. Arms, run one after another (never concurrently), repeated, medians reported:
+stripped. Arms:
 
-* floor-threads: one process, pyvips (cache off, vips concurrency 1), the service's work per image
+* floor Nthr:  one process, pyvips (cache off, vips concurrency 1), the service's work per image
   (header -> shrink-on-load decode -> resize -> jpegsave) on a pool of ``--workers`` threads.
-* floor-procs:   the same work in ``--workers`` processes with one thread each.
-* service-cN:    ``python -m imagesvc.server`` as a subprocess on a free 127.0.0.1 port, driven by a
+* floor Nproc: the same work in ``--floor-procs`` processes with one thread each.
+* service cN:  ``python -m imagesvc.server`` as a subprocess on a free 127.0.0.1 port, driven by a
   grpc.aio client in its own process at concurrency N (pre-serialized requests).
 
-Every measured run loads its inputs, warms up, then waits for a "GO" line so that only the timed
-window is counted. Load goes only to 127.0.0.1; every loop is bounded by a request count and by
-``--max-seconds``.
+Every arm's processes start once, load their inputs and warm up. Then the arms take turns: in
+each round every arm processes one burst of ``--n`` images while the others sit idle, in an
+order that rotates from round to round. The ratio is taken per round, against the floor burst
+of the same round, and the median over rounds is reported: on a shared VM whose speed drifts by
+10-20 % within a minute, this cancels the drift that a ratio of two separately timed runs keeps.
+Load goes only to 127.0.0.1; every burst is bounded by its image count and ``--max-seconds``.
 
-    .venv/bin/python bench/throughput.py [--n N] [--concurrency 2,4] [--repeats 3] [--corpus DIR]
+    .venv/bin/python bench/throughput.py [--n N] [--rounds R] [--concurrency 2,4] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ import json
 import math
 import os
 import platform
+import queue
 import re
 import resource
-import selectors
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -114,11 +118,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def wait_for_go() -> None:
+def bursts():
+    """The role side of the protocol: READY once, then one (n, offset) per "GO n offset" line
+    until "EXIT" or end of input."""
     print("READY", flush=True)
-    line = sys.stdin.readline()
-    if line.strip() != "GO":
-        raise SystemExit("orchestrator went away")
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["EXIT"]:
+            return
+        if len(words) != 3 or words[0] != "GO":
+            raise SystemExit(f"bad command {line!r}")
+        yield int(words[1]), int(words[2])
 
 
 def emit(result: dict) -> None:
@@ -136,6 +146,20 @@ def configure_vips():
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
     pyvips.vips_lib.vips_concurrency_set(1)
+    # As imagesvc.vips.log_warnings_only (copied, so the floor imports only pyvips).
+    flags = pyvips.GLogLevelFlags
+    levels = (
+        flags.LEVEL_WARNING
+        | flags.LEVEL_CRITICAL
+        | flags.LEVEL_ERROR
+        | flags.FLAG_FATAL
+        | flags.FLAG_RECURSION
+    )
+    if pyvips._log_handler_id:
+        pyvips.glib_lib.g_log_remove_handler(b"VIPS", pyvips._log_handler_id)
+    pyvips._log_handler_id = pyvips.glib_lib.g_log_set_handler(
+        b"VIPS", levels, pyvips._log_handler_cb, pyvips.ffi.NULL
+    )
     return pyvips
 
 
@@ -180,39 +204,41 @@ def role_floor(args) -> None:
 
         def warm_loop():
             while (i := next(warm)) < args.warmup:
-                floor_one(pyvips, blobs[(i + args.offset) % k])
+                floor_one(pyvips, blobs[i % k])
 
         for fut in [pool.submit(warm_loop) for _ in range(args.threads)]:
             fut.result()
-        wait_for_go()
 
-        counter = itertools.count()
-        stop_at = time.monotonic() + args.max_seconds
-        latencies: list[list[float]] = [[] for _ in range(args.threads)]
+        for n, offset in bursts():
+            counter = itertools.count()
+            stop_at = time.monotonic() + args.max_seconds
+            latencies: list[list[float]] = [[] for _ in range(args.threads)]
 
-        def loop(slot: int):
-            own = latencies[slot]
-            while time.monotonic() < stop_at and (i := next(counter)) < args.n:
-                t0 = time.perf_counter()
-                floor_one(pyvips, blobs[(i + args.offset) % k])
-                own.append(time.perf_counter() - t0)
+            def loop(
+                slot: int, counter=counter, stop_at=stop_at, latencies=latencies, n=n, offset=offset
+            ):
+                own = latencies[slot]
+                while time.monotonic() < stop_at and (i := next(counter)) < n:
+                    t0 = time.perf_counter()
+                    floor_one(pyvips, blobs[(i + offset) % k])
+                    own.append(time.perf_counter() - t0)
 
-        cpu0, t0 = self_cpu_s(), time.monotonic()
-        for fut in [pool.submit(loop, s) for s in range(args.threads)]:
-            fut.result()
-        t1, cpu1 = time.monotonic(), self_cpu_s()
-    status = proc_status()
-    emit(
-        {
-            "t_start": t0,
-            "t_end": t1,
-            "done": sum(len(x) for x in latencies),
-            "latencies": [v for x in latencies for v in x],
-            "cpu_s": cpu1 - cpu0,
-            "rss_loaded": rss_loaded,
-            "hwm": status["VmHWM"],
-        }
-    )
+            cpu0, t0 = self_cpu_s(), time.monotonic()
+            for fut in [pool.submit(loop, s) for s in range(args.threads)]:
+                fut.result()
+            t1, cpu1 = time.monotonic(), self_cpu_s()
+            emit(
+                {
+                    "t_start": t0,
+                    "t_end": t1,
+                    "done": sum(len(x) for x in latencies),
+                    "errors": 0,
+                    "latencies": [v for x in latencies for v in x],
+                    "cpu_s": cpu1 - cpu0,
+                    "rss_loaded": rss_loaded,
+                    "hwm": proc_status()["VmHWM"],
+                }
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,7 +269,7 @@ def role_client(args) -> None:
     payloads = build_requests(corpus_files(args.corpus))
     k = len(payloads)
 
-    async def main() -> dict:
+    async def main() -> None:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -251,8 +277,9 @@ def role_client(args) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{args.port}", options=options) as channel:
             call = channel.unary_unary(METHOD)  # bytes in, bytes out
 
-            async def drive(total: int, latencies: list[float] | None, stop_at: float) -> int:
+            async def drive(total: int, offset: int, latencies: list[float] | None) -> int:
                 counter = itertools.count()
+                stop_at = time.monotonic() + args.max_seconds
                 errors = 0
 
                 async def worker():
@@ -260,7 +287,7 @@ def role_client(args) -> None:
                     while time.monotonic() < stop_at and (i := next(counter)) < total:
                         t0 = time.perf_counter()
                         try:
-                            reply = await call(payloads[(i + args.offset) % k], timeout=60)
+                            reply = await call(payloads[(i + offset) % k], timeout=60)
                         except grpc.aio.AioRpcError as error:
                             errors += 1
                             if errors <= 3:
@@ -276,23 +303,28 @@ def role_client(args) -> None:
                 await asyncio.gather(*(worker() for _ in range(args.concurrency)))
                 return errors
 
-            await drive(args.warmup, None, time.monotonic() + args.max_seconds)
-            await asyncio.get_running_loop().run_in_executor(None, wait_for_go)
-            latencies: list[float] = []
-            cpu0, t0 = self_cpu_s(), time.monotonic()
-            errors = await drive(args.n, latencies, time.monotonic() + args.max_seconds)
-            t1, cpu1 = time.monotonic(), self_cpu_s()
-            return {
-                "t_start": t0,
-                "t_end": t1,
-                "done": len(latencies),
-                "errors": errors,
-                "latencies": latencies,
-                "cpu_s": cpu1 - cpu0,
-                "hwm": proc_status()["VmHWM"],
-            }
+            await drive(args.warmup, 0, None)
+            loop = asyncio.get_running_loop()
+            commands = bursts()
+            while (command := await loop.run_in_executor(None, next, commands, None)) is not None:
+                n, offset = command
+                latencies: list[float] = []
+                cpu0, t0 = self_cpu_s(), time.monotonic()
+                errors = await drive(n, offset, latencies)
+                t1, cpu1 = time.monotonic(), self_cpu_s()
+                emit(
+                    {
+                        "t_start": t0,
+                        "t_end": t1,
+                        "done": len(latencies),
+                        "errors": errors,
+                        "latencies": latencies,
+                        "cpu_s": cpu1 - cpu0,
+                        "hwm": proc_status()["VmHWM"],
+                    }
+                )
 
-    emit(asyncio.run(main()))
+    asyncio.run(main())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,7 +332,7 @@ def role_client(args) -> None:
 
 
 class Child:
-    """A role subprocess speaking the READY / GO / RESULT protocol on stdin/stdout."""
+    """A role subprocess speaking the READY / GO n offset / RESULT / EXIT protocol."""
 
     def __init__(self, argv: list[str], name: str) -> None:
         self.name = name
@@ -313,65 +345,57 @@ class Child:
             text=True,
             bufsize=1,
         )
+        # A reader thread, so that a wait never blocks on a line already buffered.
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
 
     def expect(self, prefix: str, timeout: float) -> str:
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise TimeoutError(f"{self.name}: no {prefix} within {timeout:.0f}s")
-                line = self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(
-                        f"{self.name} exited (rc={self.proc.wait()}) before {prefix}"
-                    )
-                if line.startswith(prefix):
-                    return line[len(prefix) :].strip()
-        finally:
-            sel.close()
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"{self.name}: no {prefix} within {timeout:.0f}s") from None
+            if line is None:
+                raise RuntimeError(f"{self.name} exited (rc={self.proc.wait()}) before {prefix}")
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
 
-    def go(self) -> None:
-        self.proc.stdin.write("GO\n")
+    def go(self, n: int, offset: int) -> None:
+        self.proc.stdin.write(f"GO {n} {offset}\n")
         self.proc.stdin.flush()
 
     def result(self, timeout: float) -> dict:
         return json.loads(self.expect("RESULT ", timeout))
 
-    def kill(self) -> None:
+    def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            try:
+                self.proc.stdin.write("EXIT\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
-def run_children(
-    children: list[Child],
-    ready_timeout: float,
-    run_timeout: float,
-    before_go=None,
-    after_results=None,
-):
-    """READY from all, GO to all, RESULT from all; returns (results, /proc/stat before, after)."""
-    try:
-        for child in children:
-            child.expect("READY", ready_timeout)
-        if before_go:
-            before_go()
-        stat0 = system_cpu()
-        for child in children:
-            child.go()
-        results = [child.result(run_timeout) for child in children]
-        stat1 = system_cpu()
-        if after_results:
-            after_results()
-        for child in children:
-            child.proc.wait(timeout=30)
-        return results, stat0, stat1
-    finally:
-        for child in children:
-            child.kill()
+def summarize_burst(results: list[dict]) -> dict:
+    t0 = min(r["t_start"] for r in results)
+    t1 = max(r["t_end"] for r in results)
+    done = sum(r["done"] for r in results)
+    wall = t1 - t0
+    return {
+        "n": done,
+        "wall_s": wall,
+        "img_s": done / wall if wall > 0 else 0.0,
+        "errors": sum(r.get("errors", 0) for r in results),
+        "latencies": [v for r in results for v in r["latencies"]],
+    }
 
 
 def free_port() -> int:
@@ -383,7 +407,7 @@ def free_port() -> int:
 class Server:
     """imagesvc.server as a subprocess on free loopback ports."""
 
-    def __init__(self, workers: int, log_path: Path) -> None:
+    def __init__(self, workers: int, log_path: Path, malloc_tuning: bool) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         env = {
@@ -393,6 +417,7 @@ class Server:
             "IMAGESVC_METRICS_HOST": "127.0.0.1",
             "IMAGESVC_METRICS_PORT": str(self.metrics_port),
             "IMAGESVC_WORKERS": str(workers),
+            "IMAGESVC_MALLOC_TUNING": "true" if malloc_tuning else "false",
             "IMAGESVC_TRITON_URL": "127.0.0.1:1",
             "IMAGESVC_LOG_LEVEL": "warning",
             "IMAGESVC_GRACE_PERIOD_S": "1",
@@ -478,29 +503,13 @@ class Server:
         self.log.close()
 
 
-def summarize_run(results: list[dict], n_requested: int) -> dict:
-    t0 = min(r["t_start"] for r in results)
-    t1 = max(r["t_end"] for r in results)
-    done = sum(r["done"] for r in results)
-    lat = [v for r in results for v in r["latencies"]]
-    wall = t1 - t0
-    return {
-        "n": done,
-        "complete": done >= n_requested,
-        "wall_s": wall,
-        "img_s": done / wall if wall > 0 else 0.0,
-        "p50_ms": percentile(lat, 0.50) * 1e3,
-        "p95_ms": percentile(lat, 0.95) * 1e3,
-        "mean_ms": (statistics.fmean(lat) * 1e3) if lat else float("nan"),
-        "errors": sum(r.get("errors", 0) for r in results),
-    }
+class FloorArm:
+    """``processes`` floor processes with ``threads`` threads each, driven together."""
 
-
-def floor_run(args, processes: int, threads: int, offset: int) -> dict:
-    children = []
-    for i in range(processes):
-        n_i = args.n // processes + (1 if i < args.n % processes else 0)
-        children.append(
+    def __init__(self, args, processes: int, threads: int) -> None:
+        self.name = f"floor {threads}thr" if processes == 1 else f"floor {processes}proc"
+        self.kind = "floor"
+        self.children = [
             Child(
                 [
                     "--role",
@@ -509,94 +518,123 @@ def floor_run(args, processes: int, threads: int, offset: int) -> dict:
                     str(args.corpus),
                     "--threads",
                     str(threads),
-                    "--n",
-                    str(n_i),
                     "--warmup",
                     str(args.warmup),
-                    "--offset",
-                    str(offset + i * (args.n // processes)),
                     "--max-seconds",
                     str(args.max_seconds),
+                    "--malloc-tuning",
+                    args.malloc_tuning,
                 ],
-                f"floor[{i}]",
+                f"{self.name}[{i}]",
             )
-        )
-    results, stat0, stat1 = run_children(children, 120, args.max_seconds + 60)
-    run = summarize_run(results, args.n)
-    own = sum(r["cpu_s"] for r in results)
-    run.update(foreign_cores(stat0, stat1, own))
-    run["cpu_ms_per_img"] = own / max(run["n"], 1) * 1e3
-    run["peak_rss_mb"] = sum(r["hwm"] for r in results) / 2**20  # all floor processes together
-    run["peak_rss_mb_per_process"] = [r["hwm"] / 2**20 for r in results]
-    run["rss_after_corpus_load_mb"] = [r["rss_loaded"] / 2**20 for r in results]
-    return run
+            for i in range(processes)
+        ]
+
+    def ready(self) -> None:
+        for child in self.children:
+            child.expect("READY", 300)
+
+    def burst(self, args, n: int, offset: int) -> dict:
+        count = len(self.children)
+        shares = [n // count + (1 if i < n % count else 0) for i in range(count)]
+        stat0 = system_cpu()
+        for i, child in enumerate(self.children):
+            child.go(shares[i], offset + sum(shares[:i]))
+        results = [child.result(args.max_seconds + 60) for child in self.children]
+        stat1 = system_cpu()
+        out = summarize_burst(results)
+        own = sum(r["cpu_s"] for r in results)
+        out.update(foreign_cores(stat0, stat1, own))
+        out["cpu_s"] = own
+        return out
+
+    def finish(self) -> dict:
+        hwm = [proc_status(c.proc.pid)["VmHWM"] / 2**20 for c in self.children]
+        for child in self.children:
+            child.close()
+        return {"peak_rss_mb": sum(hwm), "peak_rss_mb_per_process": hwm}
+
+    def kill(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is None:
+                child.proc.kill()
 
 
-def service_run(args, concurrency: int, offset: int, probe: bytes, log_path: Path) -> dict:
-    server = Server(args.service_workers, log_path)
-    try:
-        server.wait_ready(probe)
-        rss_ready = proc_status(server.pid)["VmRSS"]
-        client = Child(
+class ServiceArm:
+    """A fresh imagesvc server and its own client process at one concurrency."""
+
+    def __init__(self, args, concurrency: int, log_path: Path) -> None:
+        self.name = f"service c{concurrency}"
+        self.kind = "service"
+        self.concurrency = concurrency
+        self.server = Server(args.service_workers, log_path, args.malloc_tuning == "on")
+        self.client: Child | None = None
+        self.args = args
+
+    def ready(self, probe: bytes) -> None:
+        args = self.args
+        self.server.wait_ready(probe)
+        self.rss_ready = proc_status(self.server.pid)["VmRSS"]
+        self.client = Child(
             [
                 "--role",
                 "client",
                 "--corpus",
                 str(args.corpus),
                 "--port",
-                str(server.port),
+                str(self.server.port),
                 "--concurrency",
-                str(concurrency),
-                "--n",
-                str(args.n),
+                str(self.concurrency),
                 "--warmup",
-                str(max(args.warmup, 2 * concurrency)),
-                "--offset",
-                str(offset),
+                str(max(args.warmup, 2 * self.concurrency)),
                 "--max-seconds",
                 str(args.max_seconds),
+                "--malloc-tuning",
+                args.malloc_tuning,
             ],
-            f"client[c={concurrency}]",
+            f"client[c={self.concurrency}]",
         )
-        marks = {}
+        self.client.expect("READY", 300)
+        self.metrics0 = self.server.scrape()
 
-        def before_go():
-            marks["metrics0"] = server.scrape()
-            marks["cpu0"] = proc_cpu_s(server.pid)
+    def burst(self, args, n: int, offset: int) -> dict:
+        stat0 = system_cpu()
+        cpu0 = proc_cpu_s(self.server.pid)
+        self.client.go(n, offset)
+        result = self.client.result(args.max_seconds + 60)
+        cpu1 = proc_cpu_s(self.server.pid)
+        stat1 = system_cpu()
+        out = summarize_burst([result])
+        server_cpu = cpu1 - cpu0
+        out.update(foreign_cores(stat0, stat1, server_cpu + result["cpu_s"]))
+        out["cpu_s"] = server_cpu + result["cpu_s"]
+        out["server_cpu_s"] = server_cpu
+        out["client_cpu_s"] = result["cpu_s"]
+        out["client_hwm"] = result["hwm"]
+        return out
 
-        def after_results():
-            marks["cpu1"] = proc_cpu_s(server.pid)
-
-        [result], stat0, stat1 = run_children(
-            [client], 120, args.max_seconds + 60, before_go, after_results
-        )
-        cpu1 = marks["cpu1"]
-        metrics1 = server.scrape()
-        status = proc_status(server.pid)
-    finally:
-        server.stop()
-    run = summarize_run([result], args.n)
-    run.update(foreign_cores(stat0, stat1, (cpu1 - marks["cpu0"]) + result["cpu_s"]))
-    m0 = marks["metrics0"]
-    steps = {}
-    for key in sorted({k.rsplit("_", 1)[0] for k in metrics1}):
-        count = metrics1.get(f"{key}_count", 0) - m0.get(f"{key}_count", 0)
-        total = metrics1.get(f"{key}_sum", 0) - m0.get(f"{key}_sum", 0)
-        if count > 0:
-            steps[key] = {"count": int(count), "mean_ms": total / count * 1e3}
-    run.update(
-        {
-            "concurrency": concurrency,
-            "server_cpu_ms_per_img": (cpu1 - marks["cpu0"]) / max(run["n"], 1) * 1e3,
-            "client_cpu_ms_per_img": result["cpu_s"] / max(run["n"], 1) * 1e3,
-            "cpu_ms_per_img": ((cpu1 - marks["cpu0"]) + result["cpu_s"]) / max(run["n"], 1) * 1e3,
-            "peak_rss_mb": status["VmHWM"] / 2**20,
-            "rss_ready_mb": rss_ready / 2**20,
-            "client_peak_rss_mb": result["hwm"] / 2**20,
+    def finish(self) -> dict:
+        metrics1 = self.server.scrape()
+        steps = {}
+        for key in sorted({k.rsplit("_", 1)[0] for k in metrics1}):
+            count = metrics1.get(f"{key}_count", 0) - self.metrics0.get(f"{key}_count", 0)
+            total = metrics1.get(f"{key}_sum", 0) - self.metrics0.get(f"{key}_sum", 0)
+            if count > 0:
+                steps[key] = {"count": int(count), "mean_ms": total / count * 1e3}
+        hwm = proc_status(self.server.pid)["VmHWM"] / 2**20
+        self.client.close()
+        self.server.stop()
+        return {
+            "peak_rss_mb": hwm,
+            "rss_ready_mb": self.rss_ready / 2**20,
             "server_steps": steps,
         }
-    )
-    return run
+
+    def kill(self) -> None:
+        if self.client is not None and self.client.proc.poll() is None:
+            self.client.proc.kill()
+        if self.server.proc.poll() is None:
+            self.server.proc.kill()
 
 
 def verify(args, files: list[Path], log_path: Path) -> dict:
@@ -605,7 +643,7 @@ def verify(args, files: list[Path], log_path: Path) -> dict:
     payloads = build_requests(files)
     from imagesvc.v1 import image_service_pb2 as pb
 
-    server = Server(args.service_workers, log_path)
+    server = Server(args.service_workers, log_path, args.malloc_tuning == "on")
     try:
         server.wait_ready(payloads[0])
         replies = [pb.ProcessImageResponse.FromString(b) for b in server.call_all(payloads)]
@@ -684,8 +722,10 @@ def orchestrate(args) -> int:
     total_mb = sum(p.stat().st_size for p in files) / 1e6
     print(f"corpus: {len(files)} JPEGs, {total_mb:.1f} MB, {args.corpus}")
     print(
-        f"workers={args.workers} (service {args.service_workers})  n={args.n}  warmup={args.warmup}  repeats={args.repeats}  "
-        f"concurrency={args.concurrency}  cpus={env['cpus_usable']} ({env['cpu_model']})",
+        f"workers={args.workers} (service {args.service_workers})  n={args.n} per burst  "
+        f"rounds={args.rounds}  warmup={args.warmup}  concurrency={args.concurrency}  "
+        f"malloc tuning={args.malloc_tuning} (all arms)  "
+        f"cpus={env['cpus_usable']} ({env['cpu_model']})",
         flush=True,
     )
 
@@ -699,160 +739,133 @@ def orchestrate(args) -> int:
         print(f"  mismatch: {line}")
 
     probe = build_requests(files[:1])[0]
-    arms: list[tuple[str, object]] = [
-        (f"floor {args.workers}thr", lambda off: floor_run(args, 1, args.workers, off))
-    ]
-    if args.floor_procs > 0:
-        arms.append(
-            (f"floor {args.floor_procs}proc", lambda off: floor_run(args, args.floor_procs, 1, off))
-        )
-    for conc in args.concurrency:
-        arms.append(
-            (f"service c{conc}", lambda off, c=conc: service_run(args, c, off, probe, log_path))
-        )
+    arms: list = []
+    try:
+        arms.append(FloorArm(args, 1, args.workers))
+        for conc in args.concurrency:
+            arms.append(ServiceArm(args, conc, log_path))
+        if args.floor_procs > 0:
+            arms.append(FloorArm(args, args.floor_procs, 1))
+        for arm in arms:  # start-up and warm-up, one arm at a time
+            arm.ready(probe) if arm.kind == "service" else arm.ready()
 
-    before = system_cpu()
-    time.sleep(1.0)
-    idle_load = foreign_cores(before, system_cpu(), 0.0)["other_cores"]
-    print(f"background CPU load before the runs: {idle_load:.2f} cores", flush=True)
+        before = system_cpu()
+        time.sleep(1.0)
+        idle_load = foreign_cores(before, system_cpu(), 0.0)["other_cores"]
+        print(f"background CPU load before the rounds: {idle_load:.2f} cores", flush=True)
 
-    runs: dict[str, list[dict]] = {name: [] for name, _ in arms}
-    retries_left = args.noisy_retries
-    for rep in range(args.repeats):
-        offset = rep * 5  # start each repeat at a different corpus file, same for every arm
-        for name, fn in arms:
-            run = fn(offset)
-            attempts = 1
-            # Another process used the CPUs during the run: measure again (bounded), keep the
-            # cleanest attempt.
-            while run["other_cores"] > args.noise_limit and retries_left > 0 and attempts < 3:
-                retries_left -= 1
-                attempts += 1
-                print(
-                    f"  repeat {rep + 1}/{args.repeats}  {name:<14} other processes used "
-                    f"{run['other_cores']:.2f} cores: measuring again",
-                    flush=True,
-                )
-                time.sleep(3.0)
-                again = fn(offset)
-                if again["other_cores"] < run["other_cores"]:
-                    run = again
-            run["attempts"] = attempts
-            runs[name].append(run)
+        bursts_by_arm: dict[str, list[dict]] = {arm.name: [] for arm in arms}
+        for rnd in range(args.rounds):
+            offset = (rnd * 5) % len(files)  # every arm gets the same images in a round
+            shift = rnd % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
+                burst = arm.burst(args, args.n, offset)
+                burst["round"] = rnd
+                bursts_by_arm[arm.name].append(burst)
+            line = "  ".join(f"{name} {b[-1]['img_s']:6.2f}" for name, b in bursts_by_arm.items())
+            noisy = max(b[-1]["other_cores"] for b in bursts_by_arm.values())
             print(
-                f"  repeat {rep + 1}/{args.repeats}  {name:<14} {run['img_s']:6.2f} img/s  "
-                f"p50 {run['p50_ms']:6.1f} ms  p95 {run['p95_ms']:6.1f} ms  "
-                f"cpu {run['cpu_ms_per_img']:5.1f} ms/img  rss {run['peak_rss_mb']:6.1f} MB  "
-                f"other {run['other_cores']:.2f} cores"
-                + ("" if run["complete"] else "  (INCOMPLETE: hit --max-seconds)")
-                + (f"  errors {run['errors']}" if run["errors"] else ""),
+                f"  round {rnd + 1:>2}/{args.rounds}  img/s: {line}  "
+                f"(most other cores {noisy:.2f})",
                 flush=True,
             )
+        finals = {arm.name: arm.finish() for arm in arms}
+    finally:
+        for arm in arms:
+            arm.kill()
 
-    floor_name = arms[0][0]
+    floor_name = arms[0].name
+    floor_bursts = bursts_by_arm[floor_name]
 
-    def kept(name: str) -> list[dict]:
-        """The runs the medians use: the quiet ones when there are any, else all of them."""
-        quiet = [r for r in runs[name] if r["other_cores"] <= args.noise_limit]
-        return quiet or runs[name]
+    def quiet(burst: dict) -> bool:
+        return burst["other_cores"] <= args.noise_limit
 
-    floor_img_s = med([r["img_s"] for r in kept(floor_name)])
-    procs_name = arms[1][0] if args.floor_procs > 0 else None
-    procs_img_s = med([r["img_s"] for r in kept(procs_name)]) if procs_name else None
-    floor_rss = med([r["peak_rss_mb"] for r in kept(floor_name)])
     summary = {}
-    for name, _ in arms:
-        rs = kept(name)
+    for arm in arms:
+        bs = bursts_by_arm[arm.name]
+        used = [b for b in bs if quiet(b)] or bs
+        images = sum(b["n"] for b in used)
+        lat = [v for b in used for v in b["latencies"]]
         row = {
-            "runs_used": len(rs),
-            "runs_quiet": sum(r["other_cores"] <= args.noise_limit for r in runs[name]),
-            "img_s": med([r["img_s"] for r in rs]),
-            "p50_ms": med([r["p50_ms"] for r in rs]),
-            "p95_ms": med([r["p95_ms"] for r in rs]),
-            "cpu_ms_per_img": med([r["cpu_ms_per_img"] for r in rs]),
-            "peak_rss_mb": med([r["peak_rss_mb"] for r in rs]),
-            "peak_rss_mb_max": max(r["peak_rss_mb"] for r in rs),
-            "img_s_runs": [round(r["img_s"], 3) for r in rs],
-            "other_cores_max": max(r["other_cores"] for r in rs),
+            "bursts": len(bs),
+            "bursts_quiet": sum(quiet(b) for b in bs),
+            "img_s": med([b["img_s"] for b in used]),
+            "img_s_bursts": [round(b["img_s"], 3) for b in bs],
+            "p50_ms": percentile(lat, 0.50) * 1e3,
+            "p95_ms": percentile(lat, 0.95) * 1e3,
+            "cpu_ms_per_img": sum(b["cpu_s"] for b in used) / max(images, 1) * 1e3,
+            "errors": sum(b["errors"] for b in bs),
+            "other_cores_max": max(b["other_cores"] for b in bs),
+            **finals[arm.name],
         }
-        if name.startswith("service"):
-            row["ratio_vs_floor_threads"] = row["img_s"] / floor_img_s
-            row["ratio_vs_floor_threads_per_repeat"] = [
-                round(s["img_s"] / f["img_s"], 4)
-                for s, f in zip(runs[name], runs[floor_name], strict=False)
+        if arm is not arms[0]:
+            pairs = [
+                (b["img_s"] / f["img_s"], quiet(b) and quiet(f))
+                for b, f in zip(bs, floor_bursts, strict=True)
+                if f["img_s"] > 0
             ]
-            if procs_img_s:
-                row["ratio_vs_floor_procs"] = row["img_s"] / procs_img_s
-            row["rss_ratio_vs_floor_threads"] = row["peak_rss_mb"] / floor_rss
-            row["server_cpu_ms_per_img"] = med([r["server_cpu_ms_per_img"] for r in rs])
-            row["client_cpu_ms_per_img"] = med([r["client_cpu_ms_per_img"] for r in rs])
-            steps = {}
-            for key in sorted({k for r in rs for k in r["server_steps"]}):
-                steps[key] = med(
-                    [r["server_steps"][key]["mean_ms"] for r in rs if key in r["server_steps"]]
-                )
-            row["server_step_mean_ms"] = steps
-        summary[name] = row
+            ratios = [r for r, ok in pairs if ok] or [r for r, _ in pairs]
+            row["ratio"] = med(ratios)
+            row["ratio_per_round"] = [round(r, 4) for r, _ in pairs]
+            row["ratio_quartiles"] = [percentile(ratios, 0.25), percentile(ratios, 0.75)]
+            row["rss_ratio"] = row["peak_rss_mb"] / finals[floor_name]["peak_rss_mb"]
+        if arm.kind == "service":
+            row["server_cpu_ms_per_img"] = (
+                sum(b["server_cpu_s"] for b in used) / max(images, 1) * 1e3
+            )
+            row["client_cpu_ms_per_img"] = (
+                sum(b["client_cpu_s"] for b in used) / max(images, 1) * 1e3
+            )
+            row["client_peak_rss_mb"] = max(b["client_hwm"] for b in bs) / 2**20
+        summary[arm.name] = row
 
     print()
     print(
-        f"medians over the quiet runs of {args.repeats} repeats (all runs where none was "
-        f"quiet), n={args.n} images per run, "
-        f"{args.service_workers} service workers, {args.workers} floor threads"
+        f"medians over {args.rounds} rounds of one {args.n}-image burst per arm "
+        f"({args.service_workers} service workers, {args.workers} floor threads)"
     )
     header = (
-        f"{'arm':<14} {'img/s':>7} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
-        f"{'cpu ms/img':>10} {'peak RSS MB':>11} {'other cores':>11} {'quiet':>5}"
+        f"{'arm':<14} {'img/s':>7} {'ratio':>6} {'ratio IQR':>11} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'cpu ms/img':>10} {'peak RSS MB':>11} {'quiet':>6}"
     )
     print(header)
     print("-" * len(header))
     for name, row in summary.items():
-        ratio = row.get("ratio_vs_floor_threads")
+        ratio = f"{row['ratio']:.3f}" if "ratio" in row else ""
+        iqr = "%.3f-%.3f" % tuple(row["ratio_quartiles"]) if "ratio" in row else ""
         print(
-            f"{name:<14} {row['img_s']:7.2f} {('%.3f' % ratio) if ratio else '':>6} "
-            f"{row['p50_ms']:7.1f} {row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} "
-            f"{row['peak_rss_mb']:11.1f} {row['other_cores_max']:11.2f} "
-            f"{row['runs_quiet']:>3}/{len(runs[name])}"
+            f"{name:<14} {row['img_s']:7.2f} {ratio:>6} {iqr:>11} {row['p50_ms']:7.1f} "
+            f"{row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} {row['peak_rss_mb']:11.1f} "
+            f"{row['bursts_quiet']:>3}/{row['bursts']}"
         )
     print(
-        f"ratio = service img/s / {floor_name} img/s (target >= 0.90); cpu = all benchmark "
-        "processes (service: server + client); other cores = most CPU used by other processes "
-        "during a run used; quiet = runs with other cores <= --noise-limit"
+        f"ratio = median over rounds of (arm img/s / {floor_name} img/s in the same round); "
+        "target >= 0.90 for the service. cpu = all the arm's processes (service: server + "
+        f"client). quiet = bursts during which other processes used <= {args.noise_limit} "
+        "cores; only those count when there are any."
     )
-    noisy = [n for n, r in summary.items() if r["other_cores_max"] > args.noise_limit]
+    noisy = [n for n, r in summary.items() if r["bursts_quiet"] == 0]
     if noisy:
         print(
-            f"WARNING: no quiet run of {', '.join(noisy)} (other processes used > "
-            f"{args.noise_limit} cores); the machine was busy, treat those figures with care"
-        )
-    if procs_name:
-        print(
-            "vs the "
-            + procs_name
-            + " floor: "
-            + ", ".join(
-                f"{n} {r['ratio_vs_floor_procs']:.3f}"
-                for n, r in summary.items()
-                if "ratio_vs_floor_procs" in r
-            )
+            f"WARNING: no quiet burst for {', '.join(noisy)}: the machine was busy, treat those "
+            "figures with care"
         )
     print(
-        "service peak RSS / floor peak RSS: "
-        + ", ".join(
-            f"{n} {r['rss_ratio_vs_floor_threads']:.2f}"
-            for n, r in summary.items()
-            if "rss_ratio_vs_floor_threads" in r
-        )
+        "peak RSS / floor peak RSS: "
+        + ", ".join(f"{n} {r['rss_ratio']:.2f}" for n, r in summary.items() if "rss_ratio" in r)
         + "  (B10 target <= 1.5)"
     )
     for name, row in summary.items():
-        if "server_step_mean_ms" in row:
-            steps = row["server_step_mean_ms"]
+        if "server_steps" in row:
+            steps = row["server_steps"]
             print(
                 f"{name}: server cpu {row['server_cpu_ms_per_img']:.1f} ms/img, client cpu "
                 f"{row['client_cpu_ms_per_img']:.1f} ms/img; mean step ms: "
-                + ", ".join(f"{k} {v:.1f}" for k, v in steps.items())
+                + ", ".join(f"{k} {v['mean_ms']:.1f}" for k, v in steps.items())
             )
+    errors = sum(r["errors"] for r in summary.values())
+    if errors:
+        print(f"WARNING: {errors} requests failed (see stderr and {log_path.name})")
 
     out = {
         "benchmark": "B1/B10 imagesvc ProcessImage fit 720x720 JPEG q80 vs pyvips floor",
@@ -860,15 +873,15 @@ def orchestrate(args) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "background_load_cores": idle_load,
         "config": {
-            "n": args.n,
+            "n_per_burst": args.n,
+            "rounds": args.rounds,
             "warmup": args.warmup,
-            "repeats": args.repeats,
             "noise_limit": args.noise_limit,
-            "noisy_retries": args.noisy_retries,
             "concurrency": args.concurrency,
             "workers": args.workers,
             "service_workers": args.service_workers,
             "floor_procs": args.floor_procs,
+            "malloc_tuning": args.malloc_tuning,
             "corpus": str(args.corpus),
             "corpus_files": [p.name for p in files],
             "corpus_mb": total_mb,
@@ -876,7 +889,10 @@ def orchestrate(args) -> int:
         "environment": env,
         "verify": check,
         "summary": summary,
-        "runs": runs,
+        "bursts": {
+            name: [{k: v for k, v in b.items() if k != "latencies"} for b in bs]
+            for name, bs in bursts_by_arm.items()
+        },
         "elapsed_s": time.monotonic() - started,
     }
     path = results_dir / f"throughput-{stamp}.json"
@@ -885,7 +901,7 @@ def orchestrate(args) -> int:
         f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
         f"({out['elapsed_s']:.0f} s)"
     )
-    return 0
+    return 1 if check["mismatches"] or errors else 0
 
 
 def default_workers() -> int:
@@ -894,11 +910,11 @@ def default_workers() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="images per timed run (default 200)")
+    parser.add_argument("--n", type=int, default=60, help="images per burst (default 60)")
+    parser.add_argument("--rounds", type=int, default=12, help="bursts per arm (default 12)")
     parser.add_argument(
         "--concurrency", default="2,4", help="client concurrencies, comma-separated (default 2,4)"
     )
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--corpus", type=Path, default=None, help="folder of JPEGs (default: build bench/corpus/)"
     )
@@ -924,26 +940,32 @@ def main() -> int:
         "--warmup",
         type=int,
         default=None,
-        help="untimed requests before each run (default: corpus size)",
+        help="untimed images per process before the rounds (default: corpus size)",
     )
-    parser.add_argument("--max-seconds", type=float, default=120, help="time cap of one timed run")
+    parser.add_argument("--max-seconds", type=float, default=120, help="time cap of one burst")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument(
         "--noise-limit",
         type=float,
         default=0.15,
-        help="CPU cores used by other processes above which a run is redone",
+        help="CPU cores used by other processes above which a burst does not count",
     )
     parser.add_argument(
-        "--noisy-retries", type=int, default=6, help="most redone runs in total (0: never redo)"
+        "--malloc-tuning",
+        choices=("on", "off"),
+        default="on",
+        help="the service's glibc malloc policy (imagesvc.memory), applied to every arm alike",
     )
     # internal roles
     parser.add_argument("--role", choices=("floor", "client"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.role is not None and args.malloc_tuning == "on":
+        from imagesvc.memory import tune_malloc  # light: the floor stays a pyvips-only process
+
+        tune_malloc()
     if args.role == "floor":
         role_floor(args)
         return 0
@@ -956,8 +978,8 @@ def main() -> int:
         args.service_workers = args.workers
     if args.floor_procs is None:
         args.floor_procs = args.workers if args.workers > 1 else 0
-    if args.n < 1 or args.repeats < 1 or not args.concurrency or min(args.concurrency) < 1:
-        parser.error("--n, --repeats and every concurrency must be >= 1")
+    if args.n < 1 or args.rounds < 1 or not args.concurrency or min(args.concurrency) < 1:
+        parser.error("--n, --rounds and every concurrency must be >= 1")
     return orchestrate(args)
 
 

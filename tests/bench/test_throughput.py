@@ -1,0 +1,57 @@
+"""Smoke test of bench/throughput.py on a tiny corpus: the benchmark itself must keep working
+(its figures are not checked here; timings never are in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tests.images import from_array
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_runs_and_the_service_matches_the_floor_byte_for_byte(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(7)
+    for i, (w, h) in enumerate([(1600, 1200), (900, 1400)]):
+        pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        from_array(pixels).gaussblur(2).jpegsave(str(corpus / f"{i}.jpg"), Q=90)
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "bench/throughput.py",
+            "--corpus",
+            str(corpus),
+            "--rounds",
+            "2",
+            "--n",
+            "4",
+            "--concurrency",
+            "2",
+            "--floor-procs",
+            "1",
+            "--results-dir",
+            str(results),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [record_path] = results.glob("throughput-*.json")
+    record = json.loads(record_path.read_text())
+    assert record["verify"]["byte_identical"] == 2 and not record["verify"]["mismatches"]
+    service = record["summary"]["service c2"]
+    assert service["errors"] == 0
+    assert len(service["ratio_per_round"]) == 2 and service["ratio"] > 0
+    assert all(len(bursts) == 2 for bursts in record["bursts"].values())
+    assert all(b["n"] == 4 for bursts in record["bursts"].values() for b in bursts)
+    assert "ratio = median over rounds" in done.stdout
