@@ -15,13 +15,18 @@ from tests.images import from_array
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_runs_and_the_service_matches_the_floor_byte_for_byte(tmp_path):
+def small_corpus(tmp_path: Path) -> Path:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     rng = np.random.default_rng(7)
     for i, (w, h) in enumerate([(1600, 1200), (900, 1400)]):
         pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
         from_array(pixels).gaussblur(2).jpegsave(str(corpus / f"{i}.jpg"), Q=90)
+    return corpus
+
+
+def test_benchmark_runs_and_the_service_matches_the_floor_byte_for_byte(tmp_path):
+    corpus = small_corpus(tmp_path)
     results = tmp_path / "results"
     done = subprocess.run(
         [
@@ -55,3 +60,19 @@ def test_benchmark_runs_and_the_service_matches_the_floor_byte_for_byte(tmp_path
     assert all(len(bursts) == 2 for bursts in record["bursts"].values())
     assert all(b["n"] == 4 for bursts in record["bursts"].values() for b in bursts)
     assert "ratio = median over rounds" in done.stdout
+
+
+def test_transport_benchmark_runs_both_malloc_policies(tmp_path):
+    corpus = small_corpus(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "bench/grpc_transport.py", "--corpus", str(corpus), "--n", "10"]
+        + ["--repeats", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("repeat 1")]
+    assert len(rows) == 2
+    assert all("errors 0" in row for row in rows)
