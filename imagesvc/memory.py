@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ TOP_PAD_BYTES = 16 * 1024 * 1024
 GLIBC_ENV_KNOBS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+@functools.cache
 def glibc() -> Any | None:
     """The process's C library when it is glibc (it has mallopt and malloc_trim), else None."""
     try:
