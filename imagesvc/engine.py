@@ -26,7 +26,7 @@ from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded
 from imagesvc.geometry import Affine, Box
 from imagesvc.ops import auto_rotate, resize
 from imagesvc.ops.background import flatten
-from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest
+from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest, SourceBytes
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import Metrics
 from inference.detection import Detection
@@ -85,14 +85,14 @@ class Header:
         return (h, w) if self.orientation >= 5 else (w, h)
 
 
-def open_header(data: bytes, settings: Settings, *, shrink: int = 1) -> Header:
+def open_header(data: SourceBytes, settings: Settings, *, shrink: int = 1) -> Header:
     """Open the source without decoding pixels and enforce the pixel limit from its header."""
-    fmt = vips.loader_for(data)
+    loader, fmt = vips.find_loader(data)
     options: dict = {"access": "sequential", "fail_on": "error"}
     if shrink > 1:
         options.update({"shrink": shrink} if fmt == "jpeg" else {"scale": 1 / shrink})
     try:
-        image = pyvips.Image.new_from_buffer(data, "", **options)
+        image = vips.load(loader, data, **options)
     except pyvips.Error as error:
         raise vips.classify(error) from error
     pixels = image.width * image.height
@@ -399,7 +399,7 @@ class Engine:
 
     # --- DescribeImage ---------------------------------------------------------------------
 
-    async def describe(self, data: bytes, detect: bool, deadline: float) -> DescribeResult:
+    async def describe(self, data: SourceBytes, detect: bool, deadline: float) -> DescribeResult:
         async with self.admitted():
             header = await self._work(open_header, data, self.settings)
             image = header.image
@@ -438,7 +438,7 @@ class Engine:
                 degradations=degradations,
             )
 
-    def _describe_preview(self, data: bytes) -> np.ndarray:
+    def _describe_preview(self, data: SourceBytes) -> np.ndarray:
         # thumbnail_buffer shrinks on load and applies the EXIF orientation.
         side = self._max_side()
         image = pyvips.Image.thumbnail_buffer(

@@ -45,6 +45,13 @@ class InvalidRequest(ImageSvcError):
     reason = "INVALID_REQUEST"
 
 
+class MalformedRequest(ImageSvcError):
+    """The request bytes are not a valid encoding of the RPC's protobuf message."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "MALFORMED_REQUEST"
+
+
 class ImageFormatUnrecognized(ImageSvcError):
     """The source bytes are not an image format libvips recognises."""
 

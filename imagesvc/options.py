@@ -161,9 +161,14 @@ class PlannedOp:
     options: Any  # the op module's frozen options value
 
 
+# The source image bytes: bytes, or a zero-copy view into the received request
+# (imagesvc.server.wire); libvips reads either through the buffer protocol.
+SourceBytes = bytes | memoryview
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessRequest:
-    data: bytes
+    data: SourceBytes
     pipelines: tuple[tuple[PlannedOp, ...], ...]
     output: OutputSpec
 
@@ -172,9 +177,16 @@ class ProcessRequest:
         return any(op.spec.needs_detections(op.options) for p in self.pipelines for op in p)
 
 
-def parse_source(msg: pb.ImageSource, path: str, pctx: ParseContext) -> bytes:
-    # Read the field once: every access copies the (possibly large) bytes out of the message.
-    data = msg.data if msg.WhichOneof("kind") == "data" else b""
+def parse_source(
+    msg: pb.ImageSource, path: str, pctx: ParseContext, lifted: SourceBytes | None = None
+) -> SourceBytes:
+    """The source bytes: ``lifted`` when the edge took them out of the request without a copy
+    (``msg`` is then unset), else the message's own field."""
+    if lifted is not None:
+        data = lifted
+    else:
+        # Read the field once: every access copies the (possibly large) bytes out of the message.
+        data = msg.data if msg.WhichOneof("kind") == "data" else b""
     if not data:
         pctx.violations.add(f"{path}.data", "the source image bytes are required")
     return data
@@ -201,13 +213,19 @@ def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
 
 
 def parse_process_request(
-    msg: pb.ProcessImageRequest, settings: Settings, known_classes: frozenset[str]
+    msg: pb.ProcessImageRequest,
+    settings: Settings,
+    known_classes: frozenset[str],
+    source_data: SourceBytes | None = None,
 ) -> ProcessRequest:
-    """Validate a ProcessImageRequest; raises InvalidRequest listing every violation."""
+    """Validate a ProcessImageRequest; raises InvalidRequest listing every violation.
+
+    ``source_data``: the source bytes when the edge lifted them out of ``msg`` (see
+    imagesvc.server.wire.decode_request)."""
     from imagesvc.ops.registry import OPS  # the registry imports option types from here
 
     pctx = ParseContext(settings, known_classes, Violations())
-    data = parse_source(msg.source, "source", pctx)
+    data = parse_source(msg.source, "source", pctx, source_data)
     if len(msg.pipelines) > settings.max_pipelines:
         pctx.violations.add("pipelines", f"at most {settings.max_pipelines} chained pipelines")
     pipelines = []

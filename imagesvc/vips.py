@@ -84,10 +84,10 @@ def configure(settings: Settings) -> None:
             pyvips.operation_block_set(loader, False)
 
 
-def sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes | memoryview) -> str | None:
     """Best guess of the format from leading bytes: for error messages, and to tell AVIF from
     HEIC (both read by heifload)."""
-    head = data[:64]
+    head = bytes(data[:64])
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head[4:8] == b"ftyp":
@@ -98,31 +98,40 @@ def sniff_format(data: bytes) -> str | None:
     for magic, name in _MAGIC:
         if head.startswith(magic):
             return name
-    text = data[:1024].lstrip().lower()
+    text = bytes(data[:1024]).lstrip().lower()
     if text.startswith(b"<?xml") or text.startswith(b"<svg"):
         return "svg" if b"<svg" in text else None
     return None
 
 
-def loader_for(data: bytes) -> str:
-    """Our format name of the allowlisted loader that will decode ``data``.
+def find_loader(data: bytes | memoryview) -> tuple[str, str]:
+    """(libvips operation, our format name) of the allowlisted loader that will decode ``data``.
 
     Raises ImageFormatUnsupported for a recognised format that is not allowed and
     ImageFormatUnrecognized for bytes that are not an image.
     """
-    pointer = pyvips.vips_lib.vips_foreign_find_load_buffer(data, len(data))
+    # from_buffer: no copy, and it takes a memoryview as well as bytes.
+    pointer = pyvips.vips_lib.vips_foreign_find_load_buffer(pyvips.ffi.from_buffer(data), len(data))
     if pointer != pyvips.ffi.NULL:
-        nickname = pyvips.nickname_find(pyvips.type_from_name(pyvips.ffi.string(pointer).decode()))
+        operation = pyvips.ffi.string(pointer).decode()
+        nickname = pyvips.nickname_find(pyvips.type_from_name(operation))
         for prefix, fmt in _FORMAT_BY_LOADER.items():
             # heifload also reads HEIC, which is not an accepted (or decodable) source format.
             if nickname.startswith(prefix) and (fmt != "avif" or sniff_format(data) == "avif"):
-                return fmt
+                return operation, fmt
     guess = sniff_format(data)
     if guess is not None:
         raise ImageFormatUnsupported(
             f"source format {guess} is not accepted here", metadata={"format": guess}
         )
     raise ImageFormatUnrecognized("the source bytes are not a recognised image format")
+
+
+def load(operation: str, data: bytes | memoryview, **options) -> pyvips.Image:
+    """Run the loader ``find_loader`` chose on ``data``: what ``Image.new_from_buffer`` does
+    after its own loader search, but accepting a memoryview. libvips keeps its own copy of the
+    bytes, so ``data`` need not outlive the call."""
+    return pyvips.Operation.call(operation, data, **options)
 
 
 _DECODE_HINTS = (

@@ -25,7 +25,6 @@ from imagesvc.settings import Settings
 from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
-from imagesvc.v1 import image_service_pb2_grpc as pb_grpc
 from inference.client import FaceDetector
 
 VERSION = "0.1.0"
@@ -91,7 +90,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(interceptors=[ServerInterceptor(metrics)], options=options)
-    pb_grpc.add_ImageServiceServicer_to_server(ImageServiceServicer(engine, settings), server)
+    ImageServiceServicer(engine, settings).register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (

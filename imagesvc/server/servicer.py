@@ -1,4 +1,9 @@
-"""ImageService: proto in, options out, engine, proto back. No image logic lives here."""
+"""ImageService: bytes in, options out, engine, proto back. No image logic lives here.
+
+Requests arrive undeserialized and are decoded by ``wire.decode_request``, which hands the
+source image over without copying it and answers an undecodable request with
+INVALID_ARGUMENT; ``register`` installs the handlers that way.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,34 @@ import grpc
 from imagesvc.context import Degradation, DetectedObject
 from imagesvc.engine import Engine
 from imagesvc.options import ENUM_BY_FORMAT, Violations, parse_process_request
+from imagesvc.server.wire import decode_request
 from imagesvc.settings import Settings
 from imagesvc.v1 import image_service_pb2 as pb
-from imagesvc.v1 import image_service_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 
 
-class ImageServiceServicer(pb_grpc.ImageServiceServicer):
+class ImageServiceServicer:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the ImageService handlers to ``server``, taking requests as raw bytes."""
+        handlers = {
+            "ProcessImage": grpc.unary_unary_rpc_method_handler(
+                self.ProcessImage,
+                response_serializer=pb.ProcessImageResponse.SerializeToString,
+            ),
+            "DescribeImage": grpc.unary_unary_rpc_method_handler(
+                self.DescribeImage,
+                response_serializer=pb.DescribeImageResponse.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -27,9 +51,12 @@ class ImageServiceServicer(pb_grpc.ImageServiceServicer):
         return time.monotonic() + remaining
 
     async def ProcessImage(
-        self, request: pb.ProcessImageRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ProcessImageResponse:
-        options = parse_process_request(request, self._settings, self._engine.known_classes)
+        request, source_data = decode_request(raw, pb.ProcessImageRequest)
+        options = parse_process_request(
+            request, self._settings, self._engine.known_classes, source_data
+        )
         result = await self._engine.process(options, self._deadline(context))
         return pb.ProcessImageResponse(
             data=result.data,
@@ -41,15 +68,16 @@ class ImageServiceServicer(pb_grpc.ImageServiceServicer):
         )
 
     async def DescribeImage(
-        self, request: pb.DescribeImageRequest, context: grpc.aio.ServicerContext
+        self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.DescribeImageResponse:
+        request, data = decode_request(raw, pb.DescribeImageRequest)
+        if data is None:
+            data = request.source.data if request.source.WhichOneof("kind") == "data" else b""
         violations = Violations()
-        if request.source.WhichOneof("kind") != "data" or not request.source.data:
+        if not data:
             violations.add("source.data", "the source image bytes are required")
         violations.raise_if_any()
-        result = await self._engine.describe(
-            request.source.data, request.detect, self._deadline(context)
-        )
+        result = await self._engine.describe(data, request.detect, self._deadline(context))
         return pb.DescribeImageResponse(
             format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),
             width=result.width,

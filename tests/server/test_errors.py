@@ -103,3 +103,26 @@ async def test_expired_deadline_is_deadline_exceeded(stub):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ProcessImage(request, timeout=0.05)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.parametrize("method", ["ProcessImage", "DescribeImage"])
+async def test_undecodable_request_bytes_are_malformed_request(channel, method):
+    # Bytes no protobuf encoder produces (a length running past the end), sent untyped.
+    call = channel.unary_unary(f"/imagesvc.v1.ImageService/{method}")
+    metadata, _ = await expect_error(
+        call(b"\x0a\x05abc", timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"
+    )
+    assert metadata == {"message_type": f"imagesvc.v1.{method}Request"}
+
+
+async def test_a_source_sent_in_two_pieces_is_merged_as_protobuf_merges_it(stub, channel):
+    # A request whose source field occurs twice (legal protobuf: the later data wins) takes the
+    # ordinary parse instead of the zero-copy path, and must give the same answer.
+    good = scenes.astronaut().jpegsave_buffer()
+    first = pb.ProcessImageRequest(source=pb.ImageSource(data=b"not an image"))
+    second = resize_request(good)
+    raw = first.SerializeToString() + second.SerializeToString()
+    call = channel.unary_unary("/imagesvc.v1.ImageService/ProcessImage")
+    reply = pb.ProcessImageResponse.FromString(await call(raw, timeout=30))
+    direct = await stub.ProcessImage(second, timeout=30)
+    assert (reply.width, reply.height) == (direct.width, direct.height) == (100, 100)
