@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,33 @@ def test_benchmark_runs_and_the_service_matches_the_floor_byte_for_byte(tmp_path
     assert all(len(bursts) == 2 for bursts in record["bursts"].values())
     assert all(b["n"] == 4 for bursts in record["bursts"].values() for b in bursts)
     assert "ratio = median over rounds" in done.stdout
+    config = record["config"]
+    if len(os.sched_getaffinity(0)) >= 2:  # the default layout pins when it can
+        assert config["layout"] == "pinned"
+        assert set(config["arm_cpus"]).isdisjoint(config["client_cpus"])
+        assert "layout: pinned" in done.stdout
+
+
+def test_pinned_commands_run_on_the_cpus_they_are_given():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import throughput
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    cpu = min(os.sched_getaffinity(0))
+    probe = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+    out = subprocess.run(
+        throughput.pinned(probe, frozenset({cpu})), capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"[{cpu}]"
+    assert throughput.pinned(probe, None) == probe
+    assert throughput.plan_cpus("shared", 1) == (None, None)
+    arm, client = throughput.plan_cpus("pinned", 1)
+    usable = os.sched_getaffinity(0)
+    if len(usable) >= 2:
+        assert len(client) == 1 and arm | client == usable and not arm & client
+    else:
+        assert (arm, client) == (None, None)
 
 
 def test_transport_benchmark_runs_both_malloc_policies(tmp_path):
