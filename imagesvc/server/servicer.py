@@ -27,9 +27,9 @@ class ImageServiceServicer:
         self._engine = engine
         self._settings = settings
 
-    def register(self, server: grpc.aio.Server) -> None:
-        """Add the ImageService handlers to ``server``, taking requests as raw bytes."""
-        handlers = {
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """One handler per ImageService RPC, taking its request as raw bytes."""
+        return {
             "ProcessImage": grpc.unary_unary_rpc_method_handler(
                 self.ProcessImage,
                 response_serializer=pb.ProcessImageResponse.SerializeToString,
@@ -39,6 +39,9 @@ class ImageServiceServicer:
                 response_serializer=pb.DescribeImageResponse.SerializeToString,
             ),
         }
+
+    def register(self, server: grpc.aio.Server) -> None:
+        handlers = self.method_handlers()
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
