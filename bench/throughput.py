@@ -197,9 +197,12 @@ def _round_half_up(value: float) -> int:
 
 
 def floor_one(pyvips, data: bytes) -> tuple[bytes, int, int]:
-    """Header -> shrink-on-load decode -> lanczos3 resize to fit TARGET -> jpegsave Q80."""
+    """Header -> shrink-on-load decode -> lanczos3 resize to fit TARGET -> jpegsave Q80.
+
+    Loads from a memory source, as the service does: no copy of the bytes per load."""
     opts = {"access": "sequential", "fail_on": "error"}
-    image = pyvips.Image.new_from_buffer(data, "", **opts)
+    source = pyvips.Source.new_from_memory(data)
+    image = pyvips.Image.new_from_source(source, "", **opts)
     orientation = image.get("orientation") if image.get_typeof("orientation") else 1
     orientation = orientation if 1 <= orientation <= 8 else 1
     src_w, src_h = (image.height, image.width) if orientation >= 5 else (image.width, image.height)
@@ -210,7 +213,7 @@ def floor_one(pyvips, data: bytes) -> tuple[bytes, int, int]:
     while shrink * 2 <= SHRINK_LIMIT and real * shrink * 2 <= 1.0:
         shrink *= 2
     if shrink > 1:
-        image = pyvips.Image.new_from_buffer(data, "", shrink=shrink, **opts)
+        image = pyvips.Image.new_from_source(source, "", shrink=shrink, **opts)
     if orientation != 1:
         image = image.copy_memory().autorot()
     if (out_w, out_h) != (image.width, image.height):

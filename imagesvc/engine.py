@@ -78,6 +78,9 @@ class Header:
     image: pyvips.Image  # opened lazily, sequential access, nothing decoded yet
     format: str
     orientation: int
+    # The request's bytes as a libvips source: loads read them in place, without the copy
+    # Image.new_from_buffer makes, and a reopen at a reduced size reuses them.
+    source: pyvips.Source
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -85,18 +88,19 @@ class Header:
         return (h, w) if self.orientation >= 5 else (w, h)
 
 
-def open_header(data: SourceBytes, settings: Settings, *, shrink: int = 1) -> Header:
+_LOAD_OPTIONS = {"access": "sequential", "fail_on": "error"}
+
+
+def open_header(data: SourceBytes, settings: Settings) -> Header:
     """Open the source without decoding pixels and enforce the pixel limit from its header."""
-    loader, fmt = vips.find_loader(data)
-    options: dict = {"access": "sequential", "fail_on": "error"}
-    if shrink > 1:
-        options.update({"shrink": shrink} if fmt == "jpeg" else {"scale": 1 / shrink})
+    fmt = vips.loader_for(data)  # the allowlist, and a clear error for non-images
+    source = vips.memory_source(data)
     try:
-        image = vips.load(loader, data, **options)
+        image = vips.load(source, **_LOAD_OPTIONS)
     except pyvips.Error as error:
         raise vips.classify(error) from error
     pixels = image.width * image.height
-    if shrink == 1 and pixels > settings.max_src_pixels:
+    if pixels > settings.max_src_pixels:
         raise ImageTooLarge(
             f"source is {image.width}x{image.height} ({pixels / 1e6:.1f} MP), over the "
             f"{settings.max_src_resolution_mp:g} MP limit",
@@ -106,7 +110,16 @@ def open_header(data: SourceBytes, settings: Settings, *, shrink: int = 1) -> He
                 "limit_megapixels": f"{settings.max_src_resolution_mp:g}",
             },
         )
-    return Header(image, fmt, auto_rotate.orientation_of(image))
+    return Header(image, fmt, auto_rotate.orientation_of(image), source)
+
+
+def reopen_shrunk(header: Header, shrink: int) -> pyvips.Image:
+    """The source opened again, decoding at 1/shrink of its size (see plan_shrink_on_load)."""
+    factor = {"shrink": shrink} if header.format == "jpeg" else {"scale": 1 / shrink}
+    try:
+        return vips.load(header.source, **_LOAD_OPTIONS, **factor)
+    except pyvips.Error as error:
+        raise vips.classify(error) from error
 
 
 def plan_shrink_on_load(
@@ -283,7 +296,7 @@ class Engine:
         )
         image = header.image
         if shrink > 1:
-            image = open_header(request.data, self.settings, shrink=shrink).image
+            image = reopen_shrunk(header, shrink)
         stored = (header.image.width, header.image.height)
         src_w, src_h = header.oriented_size if self.settings.auto_rotate else stored
         ctx.source_size = (src_w, src_h)

@@ -104,8 +104,8 @@ def sniff_format(data: bytes | memoryview) -> str | None:
     return None
 
 
-def find_loader(data: bytes | memoryview) -> tuple[str, str]:
-    """(libvips operation, our format name) of the allowlisted loader that will decode ``data``.
+def loader_for(data: bytes | memoryview) -> str:
+    """Our format name of the allowlisted loader that will decode ``data``.
 
     Raises ImageFormatUnsupported for a recognised format that is not allowed and
     ImageFormatUnrecognized for bytes that are not an image.
@@ -118,7 +118,7 @@ def find_loader(data: bytes | memoryview) -> tuple[str, str]:
         for prefix, fmt in _FORMAT_BY_LOADER.items():
             # heifload also reads HEIC, which is not an accepted (or decodable) source format.
             if nickname.startswith(prefix) and (fmt != "avif" or sniff_format(data) == "avif"):
-                return operation, fmt
+                return fmt
     guess = sniff_format(data)
     if guess is not None:
         raise ImageFormatUnsupported(
@@ -127,11 +127,16 @@ def find_loader(data: bytes | memoryview) -> tuple[str, str]:
     raise ImageFormatUnrecognized("the source bytes are not a recognised image format")
 
 
-def load(operation: str, data: bytes | memoryview, **options) -> pyvips.Image:
-    """Run the loader ``find_loader`` chose on ``data``: what ``Image.new_from_buffer`` does
-    after its own loader search, but accepting a memoryview. libvips keeps its own copy of the
-    bytes, so ``data`` need not outlive the call."""
-    return pyvips.Operation.call(operation, data, **options)
+def memory_source(data: bytes | memoryview) -> pyvips.Source:
+    """A libvips source reading ``data`` in place. ``Image.new_from_buffer`` copies the bytes
+    on every load; a source does not, and can be loaded from more than once. pyvips keeps
+    ``data`` alive for as long as any image computed from the source lives."""
+    return pyvips.Source.new_from_memory(data)
+
+
+def load(source: pyvips.Source, **options) -> pyvips.Image:
+    """Open ``source`` with the loader libvips picks for it (only allowlisted ones run)."""
+    return pyvips.Image.new_from_source(source, "", **options)
 
 
 _DECODE_HINTS = (

@@ -4,6 +4,7 @@ admission, deadlines and detection on demand (with a fake detector standing in f
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import numpy as np
@@ -185,6 +186,27 @@ def test_header_reports_format_and_orientation():
     assert header.orientation == 6
     assert (header.image.width, header.image.height) == (80, 40)
     assert header.oriented_size == (40, 80)
+
+
+@pytest.mark.parametrize("shrink", [1, 2])
+def test_images_keep_the_request_bytes_they_read_in_place_alive(shrink):
+    # libvips reads the source where it lies (no copy), so the bytes must outlive every image
+    # computed from them, even once the request and its header are gone.
+    pixels = textured(320, 240)
+    expected = pyvips.Image.new_from_buffer(jpeg(pixels), "").numpy()
+    header = open_header(memoryview(jpeg(pixels)), Settings())  # the only reference
+    image = header.image if shrink == 1 else engine_mod.reopen_shrunk(header, shrink)
+    image = image.copy()  # a pipeline step on top of the load
+    del header
+    gc.collect()
+    clobber = [bytes([i]) * len(jpeg(pixels)) for i in range(64)]  # reuse the freed memory
+    got = image.numpy()
+    assert clobber and got.shape[:2] == (240 // shrink, 320 // shrink)
+    if shrink == 1:
+        assert np.array_equal(got, expected)
+    else:
+        small = expected[::2, ::2].astype(float)
+        assert np.abs(got.astype(float) - small).mean() < 20
 
 
 async def test_truncated_jpeg_fails_at_decode_not_at_open(make_engine):

@@ -28,9 +28,9 @@ def encoded(fmt: str) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "gif", "tiff", "avif"])
-def test_find_loader_for_each_allowed_format(fmt):
+def test_loader_for_each_allowed_format(fmt):
     data = encoded(fmt)
-    assert vips.find_loader(data)[1] == fmt
+    assert vips.loader_for(data) == fmt
     assert vips.sniff_format(data) == fmt
 
 
@@ -59,7 +59,7 @@ SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10
 def test_known_but_unaccepted_formats_are_unsupported(data, name):
     assert vips.sniff_format(data) == name
     with pytest.raises(ImageFormatUnsupported) as caught:
-        vips.find_loader(data)
+        vips.loader_for(data)
     assert caught.value.metadata == {"format": name}
 
 
@@ -76,21 +76,21 @@ def test_known_but_unaccepted_formats_are_unsupported(data, name):
 def test_non_images_are_unrecognized(data):
     assert vips.sniff_format(data) is None
     with pytest.raises(ImageFormatUnrecognized):
-        vips.find_loader(data)
+        vips.loader_for(data)
 
 
 def test_allowlist_blocks_the_other_loaders():
     png = encoded("png")
     try:
         vips.configure(Settings(source_formats=("jpeg", "webp")))
-        assert vips.find_loader(encoded("jpeg"))[1] == "jpeg"
+        assert vips.loader_for(encoded("jpeg")) == "jpeg"
         with pytest.raises(ImageFormatUnsupported):
-            vips.find_loader(png)
+            vips.loader_for(png)
         with pytest.raises(pyvips.Error):
             pyvips.Image.new_from_buffer(png, "")  # blocked in libvips itself, not only by us
     finally:
         vips.configure(Settings())
-    assert vips.find_loader(png)[1] == "png"
+    assert vips.loader_for(png) == "png"
 
 
 def test_operation_cache_is_off():
@@ -129,7 +129,7 @@ def test_avif_with_a_mif1_major_brand_is_still_avif():
     # Same file, major brand rewritten to the generic one: the compatible brands still say AVIF.
     generic = data[:8] + b"mif1" + data[12:]
     assert vips.sniff_format(generic) == "avif"
-    assert vips.find_loader(generic)[1] == "avif"
+    assert vips.loader_for(generic) == "avif"
 
 
 def test_our_own_geometry_mistakes_are_not_blamed_on_the_source():
