@@ -422,7 +422,9 @@ class Engine:
             if detect:
                 src_w, src_h = header.oriented_size
                 ctx = StepContext(self.settings, deadline, (src_w, src_h))
-                rgb = await self._timed_step("detect_prepare", self._describe_preview, data)
+                rgb = await self._timed_step(
+                    "detect_prepare", self._describe_preview, header.source
+                )
                 detections = await self._call_detector(rgb, ctx)
                 if detections is not None:
                     to_source = Affine.scale(src_w / rgb.shape[1], src_h / rgb.shape[0])
@@ -451,11 +453,11 @@ class Engine:
                 degradations=degradations,
             )
 
-    def _describe_preview(self, data: SourceBytes) -> np.ndarray:
-        # thumbnail_buffer shrinks on load and applies the EXIF orientation.
+    def _describe_preview(self, source: pyvips.Source) -> np.ndarray:
+        # thumbnail_source shrinks on load and applies the EXIF orientation.
         side = self._max_side()
-        image = pyvips.Image.thumbnail_buffer(
-            data, side, height=side, size="down", option_string="fail_on=error"
+        image = pyvips.Image.thumbnail_source(
+            source, side, height=side, size="down", option_string="fail_on=error"
         )
         return detector_input(image, side)
 
