@@ -14,7 +14,13 @@ import grpc
 
 from imagesvc.context import Degradation, DetectedObject
 from imagesvc.engine import Engine
-from imagesvc.options import ENUM_BY_FORMAT, Violations, parse_process_request
+from imagesvc.options import (
+    ENUM_BY_FORMAT,
+    ParseContext,
+    Violations,
+    parse_process_request,
+    parse_source,
+)
 from imagesvc.server.wire import decode_request
 from imagesvc.settings import Settings
 from imagesvc.v1 import image_service_pb2 as pb
@@ -73,13 +79,10 @@ class ImageServiceServicer:
     async def DescribeImage(
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.DescribeImageResponse:
-        request, data = decode_request(raw, pb.DescribeImageRequest)
-        if data is None:
-            data = request.source.data if request.source.WhichOneof("kind") == "data" else b""
-        violations = Violations()
-        if not data:
-            violations.add("source.data", "the source image bytes are required")
-        violations.raise_if_any()
+        request, lifted = decode_request(raw, pb.DescribeImageRequest)
+        pctx = ParseContext(self._settings, self._engine.known_classes, Violations())
+        data = parse_source(request.source, "source", pctx, lifted)
+        pctx.violations.raise_if_any()
         result = await self._engine.describe(data, request.detect, self._deadline(context))
         return pb.DescribeImageResponse(
             format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),

@@ -126,3 +126,12 @@ async def test_a_source_sent_in_two_pieces_is_merged_as_protobuf_merges_it(stub,
     reply = pb.ProcessImageResponse.FromString(await call(raw, timeout=30))
     direct = await stub.ProcessImage(second, timeout=30)
     assert (reply.width, reply.height) == (direct.width, direct.height) == (100, 100)
+
+
+async def test_describe_without_source_bytes_names_the_field(stub):
+    _, violations = await expect_error(
+        stub.DescribeImage(pb.DescribeImageRequest(detect=True), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
+    assert [field for field, _ in violations] == ["source.data"]
