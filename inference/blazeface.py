@@ -62,7 +62,8 @@ class BlazeFaceVariant:
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
-        """NHWC shape of the model input."""
+        """NHWC shape of one image's model input: a batch of 1 (the model's batch
+        dimension is dynamic; Triton may batch several such requests)."""
         return (1, self.input_size, self.input_size, 3)
 
     @property

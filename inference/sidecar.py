@@ -5,6 +5,7 @@ Usage::
     python -m inference.sidecar [--model-repository model_repository] [--grpc-port 8001]
                                 [--http-port 8000] [--metrics-port 8002] [--host 127.0.0.1]
                                 [--triton-home DIR] [--ready-timeout 120]
+                                [--model-config-name gpu]
 
 or, from Python (tests, the dev runner)::
 
@@ -21,8 +22,16 @@ backend), so the launcher derives a temporary repository from it:
 - every model whose config says ``backend: "onnxruntime"`` (or ``platform:
   "onnxruntime_onnx"``) is copied with ``backend: "python"`` instead, and each of its
   version folders gets ``model.py`` = `inference/triton_onnx_model.py`, the generic
-  runner, next to the same ``model.onnx``. Inputs, outputs, dims and ``parameters`` are
-  unchanged, so clients see the same contract in both worlds;
+  runner, next to the same ``model.onnx``. Configs are parsed and rewritten with
+  Triton's own ``ModelConfig`` proto (from tritonclient): inputs, outputs, dims,
+  ``max_batch_size``, ``dynamic_batching`` and ``parameters`` are unchanged, so clients
+  see the same contract in both worlds. This Triton has no GPU, so ``KIND_GPU``
+  instance groups become ``KIND_CPU``;
+- every config file of such a model is derived the same way: ``config.pbtxt`` and each
+  ``configs/<name>.pbtxt`` (Triton's custom model configurations). ``--model-config-name
+  NAME`` is passed to tritonserver, which then loads ``configs/NAME.pbtxt`` where a model
+  has one and ``config.pbtxt`` otherwise, as stock Triton does in Kubernetes
+  (``k8s/overlays/prod`` uses ``gpu``);
 - every other model is copied as it is;
 - files at the top of the repository (PROVENANCE.md, LICENSE, NOTICE) are not models
   and are left out.
@@ -58,7 +67,6 @@ import contextlib
 import ctypes.util
 import filecmp
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -72,6 +80,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from google.protobuf.text_format import ParseError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_TRITON_HOME = REPO_ROOT / ".venv" / "opt" / "pytriton" / "pytriton" / "tritonserver"
@@ -82,11 +92,7 @@ PYTHONPATH_ENV = "IMAGESVC_TRITON_PYTHONPATH"
 RUNNER = Path(__file__).with_name("triton_onnx_model.py")
 STUB_NAME = "triton_python_backend_stub"
 
-_ONNX_BACKEND = re.compile(
-    r'^[ \t]*(backend[ \t]*:[ \t]*"onnxruntime"|platform[ \t]*:[ \t]*"onnxruntime_onnx")[ \t]*$',
-    re.M,
-)
-_DEFAULT_MODEL_FILENAME = re.compile(r"^[ \t]*default_model_filename[ \t]*:.*$\n?", re.M)
+CUSTOM_CONFIGS = "configs"  # <model>/configs/<name>.pbtxt, picked by --model-config-name
 
 
 class SidecarError(RuntimeError):
@@ -162,15 +168,31 @@ def resolve_stub_pythonpath(
 
 
 def python_backend_config(config_text: str) -> str | None:
-    """The python-backend twin of an onnxruntime model's config.pbtxt, or None if the
-    config is not an onnxruntime one."""
-    if not _ONNX_BACKEND.search(config_text):
+    """The python-backend twin of an onnxruntime model's config (``config.pbtxt`` or
+    ``configs/<name>.pbtxt``), or None if the config is not an onnxruntime one.
+
+    Parsed and written with Triton's ``ModelConfig`` proto, so a config Triton could not
+    parse fails here too (``google.protobuf.text_format.ParseError``).
+    """
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    if config.backend != "onnxruntime" and config.platform != "onnxruntime_onnx":
         return None
-    derived = _ONNX_BACKEND.sub('backend: "python"', config_text, count=1)
+    config.backend = "python"
+    config.ClearField("platform")
     # A model filename meant for the ONNX backend would point the python backend at the
     # .onnx file instead of model.py.
-    derived = _DEFAULT_MODEL_FILENAME.sub("", derived)
-    return "# Derived by inference/sidecar.py for the local python-backend Triton.\n" + derived
+    config.ClearField("default_model_filename")
+    # This Triton has no GPU: GPU instances run on the CPU; the contract is unchanged.
+    for group in config.instance_group:
+        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU:
+            group.kind = model_config_pb2.ModelInstanceGroup.KIND_CPU
+            del group.gpus[:]
+    return "# Derived by inference/sidecar.py for the local python-backend Triton.\n" + (
+        text_format.MessageToString(config)
+    )
 
 
 def _is_version_folder(path: Path) -> bool:
@@ -189,10 +211,20 @@ def derive_python_backend_repository(source: Path, target: Path) -> list[str]:
     ):
         destination = target / model_dir.name
         shutil.copytree(model_dir, destination, ignore=shutil.ignore_patterns("__pycache__"))
-        config_path = destination / "config.pbtxt"
-        derived = python_backend_config(config_path.read_text()) if config_path.is_file() else None
-        if derived is not None:
-            config_path.write_text(derived)
+        config_paths = [destination / "config.pbtxt"]
+        config_paths += sorted((destination / CUSTOM_CONFIGS).glob("*.pbtxt"))
+        derived = {}
+        for path in filter(Path.is_file, config_paths):
+            try:
+                derived[path] = python_backend_config(path.read_text())
+            except ParseError as error:
+                where = path.relative_to(target)
+                raise SidecarError(f"{where}: not a Triton model config: {error}") from error
+        if any(text is not None for text in derived.values()):
+            for path, text in derived.items():
+                if text is None:
+                    raise SidecarError(f"{model_dir.name}: {path.name} is not onnxruntime")
+                path.write_text(text)
             for version in filter(_is_version_folder, destination.iterdir()):
                 shutil.copyfile(RUNNER, version / "model.py")
         names.append(model_dir.name)
@@ -238,8 +270,15 @@ class TritonSidecar:
         ready_timeout_s: float = 120.0,
         log_verbose: int = 0,
         inherit_output: bool = False,
+        model_config_name: str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
+        if model_config_name is not None and (
+            not model_config_name or any(c.isspace() or c in "/\\" for c in model_config_name)
+        ):
+            raise SidecarError(f"bad model config name {model_config_name!r}")
+        # tritonserver --model-config-name: configs/<name>.pbtxt where a model has one.
+        self.model_config_name = model_config_name
         self.triton_home = resolve_triton_home(triton_home)
         self.stub_pythonpath = resolve_stub_pythonpath(stub_pythonpath)
         self.host = host
@@ -309,7 +348,7 @@ class TritonSidecar:
             # lets several sidecars (tests next to a dev server) share a machine.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             f"--log-verbose={self.log_verbose}",
-        ]
+        ] + ([f"--model-config-name={self.model_config_name}"] if self.model_config_name else [])
 
     def start(self) -> None:
         """Derive the repository, install the stub and launch tritonserver (non-blocking)."""
@@ -493,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-timeout", type=int, default=10, help="tritonserver --exit-timeout-secs"
     )
     parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument(
+        "--model-config-name",
+        default=None,
+        help="load <model>/configs/NAME.pbtxt where a model has one (e.g. gpu, whose "
+        "KIND_GPU instances run on the CPU here), as tritonserver --model-config-name",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -510,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             log_verbose=args.log_verbose,
             inherit_output=True,
+            model_config_name=args.model_config_name,
         )
     except SidecarError as error:
         print(f"sidecar: {error}", file=sys.stderr)

@@ -9,13 +9,20 @@ clients see the same contract as from stock Triton's onnxruntime backend.
 Contract
 --------
 - Input and output names and dtypes come from the model config; the ONNX graph must have
-  exactly those inputs and at least those outputs, else `initialize` fails and Triton
-  marks the model unavailable.
+  exactly those inputs and at least those outputs, and their shapes must agree with the
+  config as the onnxruntime backend requires: with ``max_batch_size > 0`` the ONNX
+  dimension 0 must be dynamic and the rest must equal ``dims``; with ``max_batch_size:
+  0`` the shape must equal ``dims``. Otherwise `initialize` fails and Triton marks the
+  model unavailable, as stock Triton would.
 - Config ``parameters`` honoured, with the onnxruntime backend's keys:
   ``intra_op_thread_count`` (default 1: the sidecar shares a small CPU budget with
   libvips) and ``inter_op_thread_count`` (default 1).
-- `execute` returns exactly one response per request; failures are per-request
-  ``TritonError`` responses (``INVALID_ARG`` for bad inputs, ``INTERNAL`` otherwise).
+- `execute` returns exactly one response per request, in order. With ``max_batch_size >
+  0`` (and ``dynamic_batching`` in the config) Triton may hand it several requests at
+  once, each with its own batch dimension: their inputs are concatenated along dimension
+  0, run in one onnxruntime call and split back per request, as the onnxruntime backend
+  does. Failures are per-request ``TritonError`` responses (``INVALID_ARG`` for bad
+  inputs, ``INTERNAL`` otherwise); a request that is wrong does not fail the others.
 
 Packages
 --------
@@ -52,12 +59,29 @@ def _int_parameter(model_config: dict, key: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+def _shape_problem(onnx_shape, dims, max_batch_size: int):
+    """Why an ONNX tensor shape (ints, or str/None for dynamic dimensions) cannot serve
+    config ``dims``, following the onnxruntime backend's rule; None if it can."""
+    model = [d if isinstance(d, int) and d >= 0 else -1 for d in onnx_shape]
+    expected = [int(d) for d in dims]
+    if max_batch_size > 0:
+        if not model or model[0] != -1:
+            return f"batching needs a dynamic first dimension, the ONNX shape is {model}"
+        model = model[1:]
+    if len(model) != len(expected) or any(
+        m != -1 and m != e for m, e in zip(model, expected, strict=True)
+    ):
+        return f"the ONNX shape {model} does not match the config dims {expected}"
+    return None
+
+
 class TritonPythonModel:
     """Runs the version folder's ``model.onnx`` for the inputs and outputs of the config."""
 
     def initialize(self, args):
         self.model_config = model_config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        self.max_batch_size = int(model_config.get("max_batch_size", 0))
         self.input_names = [entry["name"] for entry in model_config["input"]]
         self.input_dtypes = {
             entry["name"]: pb_utils.triton_string_to_numpy(entry["data_type"])
@@ -79,45 +103,56 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
 
         # Fail the load, not every request, when config and graph disagree.
-        graph_inputs = {i.name for i in self.session.get_inputs()}
-        graph_outputs = {o.name for o in self.session.get_outputs()}
-        if graph_inputs != set(self.input_names):
+        graph_inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        graph_outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if set(graph_inputs) != set(self.input_names):
             raise ValueError(
                 f"{self.model_name}: config inputs {self.input_names} "
                 f"!= ONNX inputs {sorted(graph_inputs)}"
             )
-        missing = set(self.output_names) - graph_outputs
+        missing = set(self.output_names) - set(graph_outputs)
         if missing:
             raise ValueError(
                 f"{self.model_name}: config outputs {sorted(missing)} "
                 f"are not ONNX outputs {sorted(graph_outputs)}"
             )
+        for entry in model_config["input"] + model_config["output"]:
+            shape = graph_inputs.get(entry["name"], graph_outputs.get(entry["name"]))
+            problem = _shape_problem(shape, entry.get("dims", []), self.max_batch_size)
+            if problem:
+                raise ValueError(f"{self.model_name}: tensor {entry['name']!r}: {problem}")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        responses = [None] * len(requests)
+        runnable = []  # (index, feeds)
+        for index, request in enumerate(requests):
             try:
-                responses.append(self._infer(request))
-            except _BadRequest as error:
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(str(error), _code("INVALID_ARG"))
-                    )
+                runnable.append((index, self._feeds(request)))
+            except _Cancelled:
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("request cancelled", _code("CANCELLED"))
                 )
-            except Exception as error:  # reported on this request, not raised
-                message = f"{self.model_name}: {type(error).__name__}: {error}"
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(message, _code("INTERNAL"))
-                    )
-                )
+            except Exception as error:
+                responses[index] = self._error_response(error)
+        if len(runnable) > 1 and self.max_batch_size > 0:
+            try:
+                for (index, _), response in zip(
+                    runnable, self._run_batched([feeds for _, feeds in runnable]), strict=True
+                ):
+                    responses[index] = response
+                runnable = []
+            except Exception:
+                pass  # run them one by one below, so an error lands on its own request
+        for index, feeds in runnable:
+            try:
+                responses[index] = self._response(self._run(feeds))
+            except Exception as error:
+                responses[index] = self._error_response(error)
         return responses
 
-    def _infer(self, request):
+    def _feeds(self, request) -> dict:
         if getattr(request, "is_cancelled", None) is not None and request.is_cancelled():
-            return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError("request cancelled", _code("CANCELLED"))
-            )
+            raise _Cancelled()
         feeds = {}
         for name in self.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -130,15 +165,44 @@ class TritonPythonModel:
                     f"{self.model_name}: input {name!r} is {array.dtype}, expected {expected}"
                 )
             feeds[name] = array
+        return feeds
+
+    def _run(self, feeds: dict) -> list:
         try:
-            results = self.session.run(self.output_names, feeds)
+            return self.session.run(self.output_names, feeds)
         except InvalidArgument as error:
             raise _BadRequest(f"{self.model_name}: {error}") from error
+
+    def _run_batched(self, all_feeds: list) -> list:
+        """One onnxruntime call for several requests' feeds; one response per request."""
+        sizes = [len(feeds[self.input_names[0]]) for feeds in all_feeds]
+        joined = {
+            name: np.concatenate([feeds[name] for feeds in all_feeds]) for name in self.input_names
+        }
+        results = self._run(joined)
+        for name, result in zip(self.output_names, results, strict=True):
+            if len(result) != sum(sizes):
+                raise ValueError(f"{self.model_name}: output {name!r} lost the batch dimension")
+        bounds = np.cumsum([0] + sizes)
+        return [
+            self._response([result[start:end] for result in results])
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def _response(self, results: list):
         outputs = [
             pb_utils.Tensor(name, np.ascontiguousarray(result, dtype=self.output_dtypes[name]))
             for name, result in zip(self.output_names, results, strict=True)
         ]
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def _error_response(self, error: Exception):
+        if isinstance(error, _BadRequest):
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(error), _code("INVALID_ARG"))
+            )
+        message = f"{self.model_name}: {type(error).__name__}: {error}"
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, _code("INTERNAL")))
 
     def finalize(self):
         self.session = None
@@ -146,6 +210,10 @@ class TritonPythonModel:
 
 class _BadRequest(Exception):
     """The request, not the model, is wrong: reported as INVALID_ARG."""
+
+
+class _Cancelled(Exception):
+    """The client cancelled the request before it ran."""
 
 
 def _code(name: str):

@@ -107,22 +107,22 @@ def _tensor(name, datatype, shape):
 
 
 def _contract(variant):
+    """Metadata and config as Triton reports them for model_repository/'s configs: the
+    batch dimension is -1 in the metadata and absent from the config's dims."""
     size, count = variant.input_size, variant.num_anchors
     metadata = SimpleNamespace(
-        inputs=[_tensor("input", "FP32", [1, size, size, 3])],
+        inputs=[_tensor("input", "FP32", [-1, size, size, 3])],
         outputs=[
-            _tensor("regressors", "FP32", [1, count, 16]),
-            _tensor("classificators", "FP32", [1, count, 1]),
+            _tensor("regressors", "FP32", [-1, count, 16]),
+            _tensor("classificators", "FP32", [-1, count, 1]),
         ],
     )
     config = {
-        "max_batch_size": 0,
-        "input": [
-            {"name": "input", "data_type": "TYPE_FP32", "dims": ["1", str(size), str(size), "3"]}
-        ],
+        "max_batch_size": 16,
+        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [str(size), str(size), "3"]}],
         "output": [
-            {"name": "regressors", "data_type": "TYPE_FP32", "dims": ["1", str(count), "16"]},
-            {"name": "classificators", "data_type": "TYPE_FP32", "dims": ["1", str(count), "1"]},
+            {"name": "regressors", "data_type": "TYPE_FP32", "dims": [str(count), "16"]},
+            {"name": "classificators", "data_type": "TYPE_FP32", "dims": [str(count), "1"]},
         ],
     }
     return metadata, config
@@ -130,24 +130,40 @@ def _contract(variant):
 
 def test_contract_check_accepts_the_model_repository_contract():
     model = _Model("blazeface_full_range", FULL_RANGE, generate_anchors(FULL_RANGE))
-    assert contract_problems(model, *_contract(FULL_RANGE)) == []
+    metadata, config = _contract(FULL_RANGE)
+    assert contract_problems(model, metadata, config) == []
+    config["max_batch_size"] = 1  # any batch limit: the client sends one image per call
+    assert contract_problems(model, metadata, config) == []
 
 
 def test_contract_check_reports_each_mismatch():
     model = _Model("blazeface_short_range", SHORT_RANGE, generate_anchors(SHORT_RANGE))
     metadata, config = _contract(FULL_RANGE)  # the other model's shapes
-    config["max_batch_size"] = 8
+    config["max_batch_size"] = 0
     config["output"][1]["data_type"] = "TYPE_FP16"
     metadata.outputs = metadata.outputs[:1]
     problems = contract_problems(model, metadata, config)
     joined = "\n".join(problems)
-    assert "max_batch_size 8 != 0" in joined
+    assert "max_batch_size 0 < 1: no batch dimension" in joined
     assert (
-        "input 'input' in metadata is ('FP32', [1, 192, 192, 3]), expected ('FP32', [1, 128, 128, 3])"
+        "input 'input' in metadata is ('FP32', [192, 192, 3]), expected ('FP32', [128, 128, 3])"
         in joined
     )
     assert "output 'classificators' missing from metadata" in joined
-    assert "output 'classificators' in config is ('FP16', [1, 2304, 1])" in joined
+    assert "output 'classificators' in config is ('FP16', [2304, 1])" in joined
+
+
+def test_contract_check_wants_a_dynamic_batch_dimension():
+    """The pre-batching contract (max_batch_size 0, a fixed batch of 1 in the dims) fails."""
+    model = _Model("blazeface_short_range", SHORT_RANGE, generate_anchors(SHORT_RANGE))
+    metadata, config = _contract(SHORT_RANGE)
+    metadata.inputs = [_tensor("input", "FP32", [1, 128, 128, 3])]
+    config["max_batch_size"] = 0
+    config["input"][0]["dims"] = ["1", "128", "128", "3"]
+    problems = "\n".join(contract_problems(model, metadata, config))
+    assert "input 'input' in metadata has batch dimension [1], expected [-1]" in problems
+    assert "input 'input' in config is ('FP32', [1, 128, 128, 3])" in problems
+    assert "max_batch_size 0 < 1" in problems
 
 
 def test_detection_is_a_frozen_slotted_value():

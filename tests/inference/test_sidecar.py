@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from inference import sidecar
 from inference.sidecar import (
@@ -36,24 +38,49 @@ output [ { name: "out" data_type: TYPE_FP32 dims: [ 1, 4 ] } ]
 parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
 """
 
+GPU_CONFIG = """\
+name: "detector"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 4 ] } ]
+output [ { name: "out" data_type: TYPE_FP32 dims: [ 4 ] } ]
+instance_group [ { kind: KIND_GPU count: 2 gpus: [ 0 ] }, { kind: KIND_CPU count: 1 } ]
+dynamic_batching { max_queue_delay_microseconds: 100 }
+"""
+
+
+def _parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
 
 # -- config and repository derivation ----------------------------------------------------
 
 
 def test_onnxruntime_config_becomes_python_backend_with_the_same_contract():
-    derived = python_backend_config(ONNX_CONFIG)
-    assert 'backend: "python"' in derived and "onnxruntime" not in derived.replace(
-        "inference/sidecar.py", ""
-    )
-    assert "default_model_filename" not in derived
-    for line in ONNX_CONFIG.splitlines():
-        if not line.startswith(("backend", "default_model_filename")):
-            assert line in derived
+    derived = _parse(python_backend_config(ONNX_CONFIG))
+    original = _parse(ONNX_CONFIG)
+    assert derived.backend == "python"
+    assert not derived.default_model_filename
+    original.backend = "python"
+    original.ClearField("default_model_filename")
+    assert derived == original  # names, dtypes, dims, batching, parameters: all kept
+
+
+def test_gpu_instances_run_on_the_cpu_with_batching_kept():
+    derived = _parse(python_backend_config(GPU_CONFIG))
+    kinds = [
+        (model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count, list(g.gpus))
+        for g in derived.instance_group
+    ]
+    assert kinds == [("KIND_CPU", 2, []), ("KIND_CPU", 1, [])]
+    assert derived.max_batch_size == 8
+    assert derived.dynamic_batching.max_queue_delay_microseconds == 100
+    assert list(derived.input) == list(_parse(GPU_CONFIG).input)
 
 
 def test_platform_onnxruntime_onnx_is_recognised():
-    derived = python_backend_config('name: "m"\nplatform: "onnxruntime_onnx"\n')
-    assert 'backend: "python"' in derived and "platform" not in derived
+    derived = _parse(python_backend_config('name: "m"\nplatform: "onnxruntime_onnx"\n'))
+    assert derived.backend == "python" and not derived.platform
 
 
 def test_other_backends_are_not_rewritten():
@@ -61,12 +88,19 @@ def test_other_backends_are_not_rewritten():
     assert python_backend_config('name: "m"\nplatform: "ensemble"\n') is None
 
 
+def test_a_config_triton_could_not_parse_is_refused():
+    with pytest.raises(text_format.ParseError):
+        python_backend_config(ONNX_CONFIG.replace("max_batch_size", "max_batch"))
+
+
 def test_derived_repository(tmp_path):
     source = tmp_path / "repo"
     (source / "detector" / "1").mkdir(parents=True)
     (source / "detector" / "2").mkdir()
     (source / "detector" / "01").mkdir()  # ignored by Triton
+    (source / "detector" / "configs").mkdir()
     (source / "detector" / "config.pbtxt").write_text(ONNX_CONFIG)
+    (source / "detector" / "configs" / "gpu.pbtxt").write_text(GPU_CONFIG)
     (source / "detector" / "1" / "model.onnx").write_bytes(b"onnx-1")
     (source / "detector" / "2" / "model.onnx").write_bytes(b"onnx-2")
     (source / "custom" / "1").mkdir(parents=True)
@@ -79,26 +113,56 @@ def test_derived_repository(tmp_path):
 
     assert names == ["custom", "detector"]
     assert sorted(p.name for p in target.iterdir()) == ["custom", "detector"]
-    assert 'backend: "python"' in (target / "detector" / "config.pbtxt").read_text()
+    assert _parse((target / "detector" / "config.pbtxt").read_text()).backend == "python"
+    # Triton's custom config is derived in place, for tritonserver --model-config-name.
+    gpu = _parse((target / "detector" / "configs" / "gpu.pbtxt").read_text())
+    assert gpu.backend == "python" and gpu.HasField("dynamic_batching")
     for version in ("1", "2"):
         assert (target / "detector" / version / "model.py").read_text() == RUNNER.read_text()
         assert (
             target / "detector" / version / "model.onnx"
         ).read_bytes() == f"onnx-{version}".encode()
     assert not (target / "detector" / "01" / "model.py").exists()
+    assert not (target / "detector" / "configs" / "model.py").exists()
     assert (target / "custom" / "1" / "model.py").read_text() == "# custom model\n"
     assert (target / "custom" / "config.pbtxt").read_text() == 'name: "custom"\nbackend: "python"\n'
     # The source is untouched.
     assert (source / "detector" / "config.pbtxt").read_text() == ONNX_CONFIG
+    assert (source / "detector" / "configs" / "gpu.pbtxt").read_text() == GPU_CONFIG
     assert not (source / "detector" / "1" / "model.py").exists()
+
+
+def test_a_config_triton_could_not_parse_fails_the_derivation(tmp_path):
+    (tmp_path / "repo" / "m" / "configs").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "config.pbtxt").write_text(ONNX_CONFIG.replace("detector", "m"))
+    (tmp_path / "repo" / "m" / "configs" / "gpu.pbtxt").write_text("instance_groups [ ]")
+    with pytest.raises(SidecarError, match=r"m/configs/gpu\.pbtxt: not a Triton model config"):
+        derive_python_backend_repository(tmp_path / "repo", tmp_path / "derived")
+
+
+def test_a_model_whose_configs_use_different_backends_is_refused(tmp_path):
+    (tmp_path / "repo" / "m" / "configs").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "config.pbtxt").write_text(ONNX_CONFIG.replace("detector", "m"))
+    (tmp_path / "repo" / "m" / "configs" / "gpu.pbtxt").write_text('name: "m" backend: "python"')
+    with pytest.raises(SidecarError, match="gpu.pbtxt is not onnxruntime"):
+        derive_python_backend_repository(tmp_path / "repo", tmp_path / "derived")
 
 
 def test_the_real_repository_derives_to_python_backend_models(tmp_path):
     names = derive_python_backend_repository(REPO_ROOT / "model_repository", tmp_path / "models")
     assert names == ["blazeface_full_range", "blazeface_short_range"]
+    cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
     for name in names:
         assert (tmp_path / "models" / name / "1" / "model.py").is_file()
-        assert 'backend: "python"' in (tmp_path / "models" / name / "config.pbtxt").read_text()
+        for config_file in ("config.pbtxt", "configs/gpu.pbtxt"):
+            derived = _parse((tmp_path / "models" / name / config_file).read_text())
+            original = _parse((REPO_ROOT / "model_repository" / name / config_file).read_text())
+            assert derived.backend == "python"
+            assert [g.kind for g in derived.instance_group] == [cpu]
+            assert derived.max_batch_size == original.max_batch_size > 0
+            assert derived.dynamic_batching == original.dynamic_batching
+            assert list(derived.input) == list(original.input)
+            assert list(derived.output) == list(original.output)
 
 
 def test_an_empty_repository_is_an_error(tmp_path):
@@ -183,6 +247,17 @@ def test_the_command_binds_loopback_only(tmp_path):
     assert any(arg.startswith("--exit-timeout-secs=") for arg in command)
     assert f"--model-repository={tmp_path / 'models'}" in command
     assert instance.grpc_url == "127.0.0.1:18001" and instance.http_url == "127.0.0.1:18000"
+    assert not any(arg.startswith("--model-config-name") for arg in command)
+
+
+def test_the_model_config_name_reaches_tritonserver(tmp_path):
+    instance = TritonSidecar(model_config_name="gpu")
+    instance._workdir = tmp_path
+    instance.ports = {"grpc": 1, "http": 2, "metrics": 3}
+    assert "--model-config-name=gpu" in instance.command()
+    for bad in ("", "a b", "../gpu"):
+        with pytest.raises(SidecarError, match="bad model config name"):
+            TritonSidecar(model_config_name=bad)
 
 
 # -- the real Triton ----------------------------------------------------------------------
