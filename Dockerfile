@@ -16,10 +16,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml ./
 
-# Pins come from pyproject.toml: the runtime dependencies, and grpcio-tools from the `dev` extra
-# (it only generates code, so it gets its own venv and stays out of the runtime image).
+# Pins come from pyproject.toml: the runtime dependencies, and grpcio-tools from the `codegen`
+# extra (it only generates code, so it gets its own venv and stays out of the runtime image).
 RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"]))' > /tmp/requirements.txt \
- && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(next(d for d in p["optional-dependencies"]["dev"] if d.startswith("grpcio-tools")))' > /tmp/codegen.txt \
+ && python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["optional-dependencies"]["codegen"]))' > /tmp/codegen.txt \
  && python -m venv /opt/codegen \
  && /opt/codegen/bin/pip install -r /tmp/codegen.txt \
  && python -m venv /opt/venv \

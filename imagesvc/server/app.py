@@ -1,24 +1,40 @@
 """Server bootstrap: settings, libvips, metrics, Triton client, engine, gRPC server with health
-and reflection, graceful shutdown on SIGTERM/SIGINT."""
+and reflection, graceful shutdown on SIGTERM/SIGINT.
+
+Shutdown, on the first SIGTERM or SIGINT:
+
+1. drain: health reports NOT_SERVING for every service at once, while new RPCs are still
+   accepted and served for ``IMAGESVC_DRAIN_S``, so that load balancers (a Kubernetes readiness
+   probe) take the pod out of rotation before it stops accepting work;
+2. stop: the server refuses new RPCs and closes its port; in-flight RPCs get
+   ``IMAGESVC_GRACE_PERIOD_S`` to finish, then are cancelled; then the process exits.
+
+Each further signal skips to the next step: a second one ends the drain at once, a third
+cancels the in-flight RPCs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import os
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 
 import grpc
 import pyvips
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from imagesvc import logging as imagesvc_logging
 from imagesvc import memory, vips
 from imagesvc.engine import Engine
-from imagesvc.server.health import HealthReporter
+from imagesvc.server.health import HealthReporter, HealthServicer
 from imagesvc.server.interceptors import ServerInterceptor
 from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
@@ -42,8 +58,13 @@ class RunningServer:
     metrics_server: object | None
     trimmer: memory.MemoryTrimmer
 
+    async def drain(self) -> None:
+        """Report NOT_SERVING for every service, for good; RPCs are still served."""
+        await self.health.stop()
+
     async def stop(self, grace: float) -> None:
         await self.health.stop()
+        self.health.servicer.end_watches()
         await self.server.stop(grace)
         await self.trimmer.stop()
         await self.detector.close()
@@ -63,17 +84,75 @@ def build_metrics(settings: Settings, registry: CollectorRegistry | None) -> Met
     return prometheus
 
 
+class StartError(RuntimeError):
+    """The server cannot start (e.g. a port is taken); the message is one line for the log."""
+
+
+def _bind_failure(host: str, port: int) -> str:
+    """Why gRPC could not bind host:port (gRPC itself only says that it failed)."""
+    try:
+        with socket.create_server((host.strip("[]"), port)):
+            pass
+    except OSError as error:
+        return _reason(error)
+    return "gRPC could not bind it"
+
+
+def _reason(error: OSError) -> str:
+    """The OS's words for the error (socket.create_server adds the address, we have it)."""
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    return (error.strerror or str(error)).split(" (while attempting")[0]  # e.g. gaierror
+
+
+def _bind_grpc(server: grpc.aio.Server, settings: Settings) -> int:
+    address = f"{settings.host}:{settings.port}"
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        reason = _bind_failure(settings.host, settings.port)
+        raise StartError(
+            f"cannot listen for gRPC on {address} (IMAGESVC_HOST/IMAGESVC_PORT): {reason}"
+        ) from None
+
+
+def _start_metrics_server(settings: Settings, registry: CollectorRegistry | None):
+    kw = {"registry": registry} if registry is not None else {}
+    try:
+        server, _thread = start_http_server(settings.metrics_port, addr=settings.metrics_host, **kw)
+    except OSError as error:
+        reason = _reason(error)
+        if error.errno == errno.EADDRINUSE:
+            reason += "; set IMAGESVC_METRICS_PORT to a free port, or 0 to disable metrics"
+        raise StartError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"(IMAGESVC_METRICS_HOST/IMAGESVC_METRICS_PORT): {reason}"
+        ) from None
+    return server
+
+
 async def start(settings: Settings, registry: CollectorRegistry | None = None) -> RunningServer:
-    """Start everything; the caller owns the loop. ``registry`` isolates metrics in tests."""
+    """Start everything; the caller owns the loop. ``registry`` isolates metrics in tests.
+
+    Raises StartError, with a one-line message, when a port cannot be bound."""
     vips.configure(settings)
     metrics = build_metrics(settings, registry)
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ServerInterceptor(metrics)], options=options)
+    # Ports first, so a taken one fails the start before anything else is running.
+    port = _bind_grpc(server, settings)
     metrics_server = None
     metrics_port = None
     if settings.metrics_port or registry is not None:
-        kw = {"registry": registry} if registry is not None else {}
-        metrics_server, _thread = start_http_server(
-            settings.metrics_port, addr=settings.metrics_host, **kw
-        )
+        try:
+            metrics_server = _start_metrics_server(settings, registry)
+        except StartError:
+            await server.stop(None)  # releases the bound gRPC port
+            raise
         metrics_port = metrics_server.server_port
     detector = FaceDetector(
         settings.triton_url,
@@ -84,14 +163,8 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         retry_after_s=settings.triton_retry_after_s,
     )
     engine = Engine(settings, detector, metrics)
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.aio.server(interceptors=[ServerInterceptor(metrics)], options=options)
     ImageServiceServicer(engine, settings).register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
         pb.DESCRIPTOR.services_by_name["ImageService"].full_name,
@@ -99,7 +172,6 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     reporter = HealthReporter(health_servicer, detector.ready, metrics, settings.health_poll_s)
     await server.start()
     await reporter.start()
@@ -123,13 +195,30 @@ async def serve(settings: Settings) -> None:
     # out of the collector's reach, so full collections walk only what requests create.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    received = await signals.get()
+    # 1. Drain: out of rotation at once, still serving while load balancers catch up.
+    await running.drain()
+    log.info("draining", signal=received.name, drain_s=settings.drain_s)
+    try:
+        received = await asyncio.wait_for(signals.get(), settings.drain_s)
+        log.warning("drain_cut_short", signal=received.name)
+    except TimeoutError:
+        pass
+    # 2. Stop: refuse new RPCs, give the in-flight ones the grace period.
     log.info("stopping", grace_s=settings.grace_period_s)
-    await running.stop(settings.grace_period_s)
+    stopping = asyncio.create_task(running.stop(settings.grace_period_s))
+    another = asyncio.create_task(signals.get())
+    await asyncio.wait({stopping, another}, return_when=asyncio.FIRST_COMPLETED)
+    if another.done():
+        log.warning("grace_cut_short", signal=another.result().name)
+        await running.server.stop(None)  # the smaller grace wins: cancel in-flight RPCs now
+    else:
+        another.cancel()
+    await stopping
     log.info("stopped")
 
 
@@ -143,4 +232,8 @@ def main() -> None:
             mmap_threshold=memory.MMAP_THRESHOLD_BYTES,
             trim_threshold=memory.TRIM_THRESHOLD_BYTES,
         )
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartError as error:
+        log.error("start_failed", error=str(error))
+        sys.exit(1)

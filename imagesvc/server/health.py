@@ -6,6 +6,9 @@
   succeed, degraded, and taking every pod out of rotation would turn an ML outage into a full
   outage. Triton's state is reported instead on ``imagesvc.v1.Inference`` and as the
   ``imagesvc_triton_ready`` metric.
+
+On shutdown every service turns NOT_SERVING at once (``HealthReporter.stop``, the start of the
+drain), and when the server stops, open ``Watch`` streams are ended (``HealthServicer``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,38 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 log = structlog.get_logger("imagesvc.health")
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc_health's servicer, whose ``Watch`` streams can be ended.
+
+    A Watch never ends by itself, so one left open (gRPC client-side health checking keeps one
+    per connection) would hold a graceful stop for its whole grace period, then be cancelled.
+    ``end_watches`` ends them with OK; a Watch that starts after it ends at once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[asyncio.Task] = set()
+        self._ending = False
+
+    async def Watch(self, request, context) -> None:  # noqa: N802 - the gRPC method name
+        if self._ending:
+            return
+        task = asyncio.current_task()
+        self._watches.add(task)
+        try:
+            await super().Watch(request, context)
+        except asyncio.CancelledError:
+            if not self._ending:  # the caller cancelled, or gRPC is aborting the call
+                raise
+        finally:
+            self._watches.discard(task)
+
+    def end_watches(self) -> None:
+        self._ending = True
+        for task in list(self._watches):
+            task.cancel()
+
+
 def vips_self_test() -> None:
     """Encode, decode and resize a tiny image; raises when libvips is broken."""
     image = (pyvips.Image.black(16, 16, bands=3) + 128).copy(interpretation="srgb")
@@ -38,7 +73,7 @@ def vips_self_test() -> None:
 class HealthReporter:
     def __init__(
         self,
-        servicer: health.aio.HealthServicer,
+        servicer: HealthServicer,
         triton_ready: Callable[[], Awaitable[bool]] | None,
         metrics: Metrics,
         poll_s: float,

@@ -43,6 +43,7 @@ MODEL_COPY = "model-repository"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 READINESS_SERVICE = "imagesvc.v1.ImageService"
 DEFAULT_GRACE_PERIOD_S = 10.0  # imagesvc.settings.Settings.grace_period_s
+DEFAULT_DRAIN_S = 5.0  # imagesvc.settings.Settings.drain_s
 RECOMMENDED_LABELS = ("name", "instance", "version", "component", "part-of")
 
 # Overlays a user would build as-is, plus a composition with the opt-in DataDog component, built
@@ -320,11 +321,14 @@ def test_termination_outlasts_drain_and_sidecar_exit(rendered, target):
     app = _container(pod["containers"], APP)
     triton = _container(pod["initContainers"], TRITON)
     grace = float(_env(app).get("IMAGESVC_GRACE_PERIOD_S", {}).get("value", DEFAULT_GRACE_PERIOD_S))
+    drain = float(_env(app).get("IMAGESVC_DRAIN_S", {}).get("value", DEFAULT_DRAIN_S))
     readiness = app["readinessProbe"]
     unready_after = readiness.get("periodSeconds", 10) * readiness.get("failureThreshold", 3)
+    # The app keeps serving until the readiness probe has had time to take it out of rotation.
+    assert drain >= unready_after
     # Triton is stopped only after the app exits, within the same terminationGracePeriodSeconds.
     triton_exit = float(_triton_flag(triton, "exit-timeout-secs"))
-    assert pod["terminationGracePeriodSeconds"] > grace + unready_after + triton_exit
+    assert pod["terminationGracePeriodSeconds"] > drain + grace + triton_exit
 
 
 # ---- security and resources ---------------------------------------------------------------------
@@ -384,6 +388,30 @@ def test_gpu_only_in_prod(rendered):
             for section in c["resources"].values():
                 assert "nvidia.com/gpu" not in section, f"{target}: {c['name']} asks for a GPU"
         assert _triton_flag(_container(pod["initContainers"], TRITON), "model-config-name") is None
+
+
+def test_the_prod_gpu_serves_every_model(rendered):
+    """With --model-config-name=gpu Triton loads <model>/configs/gpu.pbtxt and falls back to
+    config.pbtxt (KIND_CPU) where there is none: every model the pod copies into /models must
+    ship that file, on the GPU, or the rented GPU sits idle."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repository = ROOT / "model_repository"
+    models = sorted(p for p in repository.iterdir() if p.is_dir())
+    assert models, "no models in model_repository/"
+    for target in ("prod", "prod+datadog"):
+        triton = _container(_pod(rendered[target])["initContainers"], TRITON)
+        config_name = _triton_flag(triton, "model-config-name")
+        for model in models:
+            path = model / "configs" / f"{config_name}.pbtxt"
+            assert path.is_file(), f"{target}: {model.name} would fall back to config.pbtxt"
+            config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+            kinds = {
+                model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind) for g in config.instance_group
+            }
+            assert kinds == {"KIND_GPU"}, f"{target}: {model.name} runs on {kinds}"
+            assert config.backend == "onnxruntime", "the stock Triton image's ONNX backend"
 
 
 @pytest.mark.parametrize("target", TARGETS)
