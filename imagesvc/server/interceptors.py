@@ -9,11 +9,24 @@ import time
 import grpc
 import structlog
 
-from imagesvc.errors import ImageSvcError, ProcessingFailed
+from imagesvc.errors import Cancelled, DeadlineExceeded, ImageSvcError, ProcessingFailed
 from imagesvc.server.status import to_grpc_status
 from imagesvc.telemetry.metrics import Metrics
 
 log = structlog.get_logger("imagesvc.rpc")
+
+# A client whose deadline passes cancels the call itself; its cancel reaches the server up to one
+# network latency before the server's copy of the deadline expires.
+DEADLINE_SLACK_S = 0.25
+
+
+def cancelled_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """What the caller saw when the handler was cancelled: DEADLINE_EXCEEDED when its deadline
+    had (all but) passed, else CANCELLED (a real cancel, or the server shutting down)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -52,13 +65,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             except ImageSvcError as error:
                 code = error.code
                 metrics.error(error.reason)
-                log.info("rpc_rejected", method=method, reason=error.reason, message=error.message)
+                if code == grpc.StatusCode.INTERNAL:  # ours, not the caller's: keep the traceback
+                    log.exception(
+                        "rpc_failed", method=method, reason=error.reason, message=error.message
+                    )
+                else:
+                    log.info(
+                        "rpc_rejected", method=method, reason=error.reason, message=error.message
+                    )
                 await context.abort_with_status(to_grpc_status(error))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                code = cancelled_code(context)
+                metrics.error(
+                    DeadlineExceeded.reason
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED
+                    else Cancelled.reason
+                )
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL

@@ -32,7 +32,12 @@ def face_request() -> pb.ProcessImageRequest:
                             type=pb.RESIZING_TYPE_FILL, width=256, height=256, gravity=gravity
                         )
                     ),
-                    pb.Operation(blur_detections=pb.BlurDetections(sigma=5)),
+                    # SKIP: degrade instead of failing closed (test_detection_unavailable.py).
+                    pb.Operation(
+                        blur_detections=pb.BlurDetections(
+                            sigma=5, on_detection_unavailable=pb.DETECTION_UNAVAILABLE_POLICY_SKIP
+                        )
+                    ),
                 ]
             )
         ],
