@@ -47,18 +47,34 @@ class StepContext:
     detection_failure: str | None = None  # reason when detection was unavailable
     degradations: list[Degradation] = field(default_factory=list)
     cancelled: bool = False
-    # The image libvips is computing right now (the encode), which kill() stops mid-way.
+    # The image every libvips computation of the request reads through right now (see watch).
     killable: pyvips.Image | None = None
+    killed: bool = False
 
     def check_deadline(self) -> None:
         if self.cancelled:
             raise Cancelled("the caller cancelled the request")
-        if time.monotonic() > self.deadline:
+        if self.killed or time.monotonic() >= self.deadline:
             raise DeadlineExceeded("the deadline passed while the image was being processed")
 
+    def watch(self, image: pyvips.Image) -> pyvips.Image:
+        """Name the image the next computation derives from; returns it.
+
+        libvips checks an image's kill flag whenever a region of it is computed, so killing the
+        input of a step stops whatever the step computes from it (a copy to memory, a smart
+        crop, the encode), within a tile. Called before each step, the encode, and after each
+        copy to memory (a computation on the copy no longer reads the old input).
+        """
+        self.killable = image
+        if self.killed:
+            image.set_kill(True)
+        return image
+
     def kill(self) -> None:
-        """Stop libvips mid-computation (from any thread); it then fails with an error that
-        ``check_deadline`` turns into DeadlineExceeded or Cancelled."""
+        """Stop libvips mid-computation (from any thread, e.g. the deadline timer); the
+        computation then fails with an error that ``check_deadline`` turns into
+        DeadlineExceeded or Cancelled. Images watched later are killed as they are named."""
+        self.killed = True
         image = self.killable
         if image is not None:
             image.set_kill(True)
@@ -71,10 +87,12 @@ class StepContext:
 
     def random_access(self, image: pyvips.Image) -> pyvips.Image:
         """The image in a form that may be read more than once (sequential loads may not)."""
-        if self.in_memory:
-            return image
+        return image if self.in_memory else self.materialise(image)
+
+    def materialise(self, image: pyvips.Image) -> pyvips.Image:
+        """Compute the image into memory (killable), and watch the copy from then on."""
         self.in_memory = True
-        return image.copy_memory()
+        return self.watch(self.watch(image).copy_memory())
 
     def degrade(self, reason: str, operation: str, message: str) -> None:
         item = Degradation(reason, operation, message)

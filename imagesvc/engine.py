@@ -20,9 +20,9 @@ import numpy as np
 import pyvips
 import structlog
 
-from imagesvc import vips
+from imagesvc import planning, vips
 from imagesvc.context import Degradation, DetectedObject, StepContext
-from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded
+from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded, ResponseTooLarge
 from imagesvc.geometry import Affine, Box
 from imagesvc.ops import auto_rotate, resize
 from imagesvc.ops.background import flatten
@@ -37,6 +37,8 @@ log = structlog.get_logger("imagesvc.engine")
 
 WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif", "tiff")
 ALPHA_FORMATS = ("png", "webp", "avif", "gif", "tiff")
+# Room left in a response message for everything but the image bytes.
+RESPONSE_HEADROOM_BYTES = 64 * 1024
 # Loaders that can decode at a reduced size, and the largest factor each offers.
 SHRINK_ON_LOAD = {"jpeg": 8, "webp": 8}
 
@@ -81,6 +83,7 @@ class Header:
     # The request's bytes as a libvips source: loads read them in place, without the copy
     # Image.new_from_buffer makes, and a reopen at a reduced size reuses them.
     source: pyvips.Source
+    load_options: dict[str, str]
 
     @property
     def oriented_size(self) -> tuple[int, int]:
@@ -88,17 +91,23 @@ class Header:
         return (h, w) if self.orientation >= 5 else (w, h)
 
 
-_LOAD_OPTIONS = {"access": "sequential", "fail_on": "error"}
+def load_options(fmt: str, settings: Settings) -> dict[str, str]:
+    """Sequential access, and what makes a decoder give up: errors and truncation always;
+    warnings too for the formats in IMAGESVC_FAIL_ON_WARNING_FORMATS (a JPEG whose scan ends
+    early only warns, then renders grey)."""
+    fail_on = "warning" if fmt in settings.fail_on_warning_formats else "error"
+    return {"access": "sequential", "fail_on": fail_on}
 
 
 def open_header(data: SourceBytes, settings: Settings) -> Header:
     """Open the source without decoding pixels and enforce the pixel limit from its header."""
     fmt = vips.loader_for(data)  # the allowlist, and a clear error for non-images
     source = vips.memory_source(data)
+    options = load_options(fmt, settings)
     try:
-        image = vips.load(source, **_LOAD_OPTIONS)
+        image = vips.load(source, **options)
     except pyvips.Error as error:
-        raise vips.classify(error) from error
+        raise vips.classify(error, "load") from error
     pixels = image.width * image.height
     if pixels > settings.max_src_pixels:
         raise ImageTooLarge(
@@ -110,16 +119,27 @@ def open_header(data: SourceBytes, settings: Settings) -> Header:
                 "limit_megapixels": f"{settings.max_src_resolution_mp:g}",
             },
         )
-    return Header(image, fmt, auto_rotate.orientation_of(image), source)
+    return Header(image, fmt, auto_rotate.orientation_of(image), source, options)
 
 
 def reopen_shrunk(header: Header, shrink: int) -> pyvips.Image:
     """The source opened again, decoding at 1/shrink of its size (see plan_shrink_on_load)."""
     factor = {"shrink": shrink} if header.format == "jpeg" else {"scale": 1 / shrink}
     try:
-        return vips.load(header.source, **_LOAD_OPTIONS, **factor)
+        return vips.load(header.source, **header.load_options, **factor)
     except pyvips.Error as error:
-        raise vips.classify(error) from error
+        raise vips.classify(error, "load") from error
+
+
+def source_decodes(header: Header, ctx: StepContext) -> bool:
+    """Whether the source decodes on its own, every pixel (killable like any step). Tells a
+    corrupt source from a failure of ours when libvips' error text does not say which."""
+    try:
+        ctx.watch(vips.load(header.source, **header.load_options)).avg()
+    except pyvips.Error:
+        ctx.check_deadline()
+        return False
+    return True
 
 
 def plan_shrink_on_load(
@@ -150,9 +170,37 @@ def plan_shrink_on_load(
     return shrink
 
 
+def output_format(output: OutputSpec, source_format: str) -> str:
+    """The requested format, else the source's when it can be written, else JPEG."""
+    return output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
+
+
+def source_info(
+    header: Header, shrink: int, encoded_bytes: int, settings: Settings
+) -> planning.SourceInfo:
+    """What planning needs to know of the source, from its header alone."""
+    image = vips.normalise(header.image)  # lazy: only its bands and sample format are read
+    stored = planning.Shape.of(image)
+    turned = settings.auto_rotate and header.orientation != 1
+    upright = stored.turned() if turned and header.orientation >= 5 else stored
+    decoded = -(-stored.width // shrink) * -(-stored.height // shrink)
+    interlaced = bool(image.get("interlaced")) if image.get_typeof("interlaced") else False
+    return planning.SourceInfo(
+        format=header.format,
+        shape=upright,
+        encoded_bytes=encoded_bytes,
+        decoded_pixels=decoded,
+        decoder_bytes=planning.costs.decoder_bytes(header.format, stored, decoded, interlaced),
+        turned_at_load=turned,
+        orientation=1 if settings.auto_rotate else header.orientation,
+        decode_shrink=shrink,
+        progressive=interlaced,
+    )
+
+
 def encode(image: pyvips.Image, output: OutputSpec, source_format: str, settings: Settings):
     """Encode with the requested (or the source's) format and quality; returns bytes, format."""
-    fmt = output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
+    fmt = output_format(output, source_format)
     quality = (
         output.quality
         or output.format_quality.get(fmt)
@@ -211,6 +259,7 @@ class _Run:
     ctx: StepContext
     image: pyvips.Image
     ops: tuple[PlannedOp, ...]
+    plan: planning.RequestPlan
     next_op: int = 0
     encoded: tuple[bytes, str] | None = None
     size: tuple[int, int] = (0, 0)
@@ -276,10 +325,10 @@ class Engine:
         except pyvips.Error as error:
             raise vips.classify(error) from error
 
-    async def _timed_step(self, name: str, func: Callable[..., T], *args) -> T:
+    async def _timed_step(self, name: str, ctx: StepContext, func: Callable[..., T], *args) -> T:
         started = time.perf_counter()
         try:
-            return await self._work(func, *args)
+            return await self._work(func, *args, ctx=ctx)
         finally:
             self.metrics.step(name, time.perf_counter() - started)
 
@@ -290,13 +339,22 @@ class Engine:
             return await self._process(request, ctx_deadline)
 
     def _load(self, request: ProcessRequest, ctx: StepContext) -> _Run:
-        header = open_header(request.data, self.settings)
-        shrink = plan_shrink_on_load(
-            header, request.pipelines, auto_rotate=self.settings.auto_rotate
+        """Read the header, plan the request and hold it to the budget, then open the source
+        for decoding (nothing is decoded yet)."""
+        settings = self.settings
+        header = open_header(request.data, settings)
+        shrink = plan_shrink_on_load(header, request.pipelines, auto_rotate=settings.auto_rotate)
+        plan = planning.plan_request(
+            source_info(header, shrink, len(request.data), settings),
+            request.pipelines,
+            output_format(request.output, header.format),
+            settings,
         )
+        planning.check_budget(plan, settings)
         image = header.image
         if shrink > 1:
             image = reopen_shrunk(header, shrink)
+        image = vips.normalise(image)
         stored = (header.image.width, header.image.height)
         src_w, src_h = header.oriented_size if self.settings.auto_rotate else stored
         ctx.source_size = (src_w, src_h)
@@ -306,7 +364,7 @@ class Engine:
             ctx.logical_size = (src_w, src_h)
             ctx.transform = Affine.scale(image.width / src_w, image.height / src_h)
         ops = tuple(op for pipeline in request.pipelines for op in pipeline)
-        return _Run(request, header, ctx, image, ops)
+        return _Run(request, header, ctx, image, ops, plan)
 
     def _timed(self, name: str, func: Callable[..., T], *args) -> T:
         started = time.perf_counter()
@@ -320,36 +378,61 @@ class Engine:
         have not been computed (the event loop fetches them) or, at the end, encode.
 
         One hop to the pool per stretch of steps keeps the event loop's share of each request
-        small; the deadline (and cancellation) is still checked between every two steps.
+        small; the deadline (and cancellation) is still checked between every two steps, and
+        inside them every libvips computation reads through the image ``ctx.watch`` names, so
+        the deadline timer can kill it mid-way.
         """
         if run is None:
             run = self._timed("load", self._load, request, ctx)
-        while run.next_op < len(run.ops):
-            op = run.ops[run.next_op]
+        try:
+            while run.next_op < len(run.ops):
+                op = run.ops[run.next_op]
+                ctx.check_deadline()
+                if ctx.objects is None and op.spec.needs_detections(op.options):
+                    return run
+                if run.plan.steps[run.next_op].copy_before:
+                    # A second window operation in one lazy chain: see planning.WINDOW_ROWS.
+                    run.image = ctx.materialise(run.image)
+                image = ctx.watch(run.image)
+                run.image = self._timed(op.name, op.spec.run, image, op.options, ctx)
+                run.next_op += 1
             ctx.check_deadline()
-            if ctx.objects is None and op.spec.needs_detections(op.options):
-                return run
-            run.image = self._timed(op.name, op.spec.run, run.image, op.options, ctx)
-            run.next_op += 1
-        ctx.check_deadline()
-        run.encoded = self._timed("encode", self._encode, run)
+            run.encoded = self._timed("encode", self._encode, run)
+        except pyvips.Error as error:
+            raise self._classify(error, run) from error
         run.size = (run.image.width, run.image.height)
         return run
 
     def _encode(self, run: _Run) -> tuple[bytes, str]:
-        """Encode, where libvips computes every pending step's pixels. The event loop kills the
-        computation when the deadline passes or the caller cancels (``StepContext.kill``), so
-        one slow request does not hold a worker long past its deadline."""
+        """Encode, where libvips computes every pending step's pixels."""
+        data, fmt = encode(
+            run.ctx.watch(run.image), run.request.output, run.header.format, self.settings
+        )
+        limit = self.settings.max_message_bytes - RESPONSE_HEADROOM_BYTES
+        if len(data) > limit:
+            raise ResponseTooLarge(
+                f"the encoded result is {len(data)} bytes, over the {limit} bytes one response "
+                "can carry; ask for a smaller size, a lower quality or another format",
+                metadata={"bytes": str(len(data)), "limit_bytes": str(limit), "format": fmt},
+            )
+        return data, fmt
+
+    def _classify(self, error: pyvips.Error, run: _Run) -> ImageSvcError:
+        """The caller-facing error for a libvips failure inside a step or the encode.
+
+        A kill is the deadline or a cancel. A decoder's own message names the source. Any
+        other failure may still come from the source, since some decoders fail without a word
+        (a PNG with a bad CRC) and the encoder then reports that it could not write: the source
+        is decoded on its own, and if that fails too it is at fault; else the error's site
+        decides (an encoder's limit, or ours). Only failing requests pay for that decode, and
+        it is killable like any step.
+        """
         ctx = run.ctx
-        ctx.killable = run.image
-        try:
-            ctx.check_deadline()  # the kill may have fired just before the image was set
-            return encode(run.image, run.request.output, run.header.format, self.settings)
-        except pyvips.Error:
-            ctx.check_deadline()  # raises DeadlineExceeded / Cancelled when that was the cause
-            raise
-        finally:
-            ctx.killable = None
+        ctx.check_deadline()
+        site = vips.failure_site(error)
+        if site != "load" and not source_decodes(run.header, ctx):
+            site = "load"
+        return vips.classify(error, site or "process")
 
     async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
         # Filled in by the load; exists first so a cancellation can reach the worker thread.
@@ -374,13 +457,16 @@ class Engine:
         )
 
     def _detector_input(self, run: _Run) -> np.ndarray:
-        run.image = run.ctx.random_access(run.image)
-        return detector_input(run.image, self._max_side())
+        try:
+            run.image = run.ctx.random_access(run.image)
+            return detector_input(run.image, self._max_side())
+        except pyvips.Error as error:
+            raise self._classify(error, run) from error
 
     async def _detect(self, run: _Run) -> None:
         """Run detection on the current image; store results in source coordinates."""
         ctx = run.ctx
-        rgb = await self._timed_step("detect_prepare", self._detector_input, run)
+        rgb = await self._timed_step("detect_prepare", ctx, self._detector_input, run)
         detections = await self._call_detector(rgb, ctx)
         if detections is not None:
             image = run.image
@@ -422,9 +508,14 @@ class Engine:
             if detect:
                 src_w, src_h = header.oriented_size
                 ctx = StepContext(self.settings, deadline, (src_w, src_h))
-                rgb = await self._timed_step(
-                    "detect_prepare", self._describe_preview, header.source
-                )
+                loop = asyncio.get_running_loop()
+                deadline_timer = loop.call_later(max(0.0, ctx.remaining()), ctx.kill)
+                try:
+                    rgb = await self._timed_step(
+                        "detect_prepare", ctx, self._describe_preview, header, ctx
+                    )
+                finally:
+                    deadline_timer.cancel()
                 detections = await self._call_detector(rgb, ctx)
                 if detections is not None:
                     to_source = Affine.scale(src_w / rgb.shape[1], src_h / rgb.shape[0])
@@ -453,13 +544,21 @@ class Engine:
                 degradations=degradations,
             )
 
-    def _describe_preview(self, source: pyvips.Source) -> np.ndarray:
+    def _describe_preview(self, header: Header, ctx: StepContext) -> np.ndarray:
         # thumbnail_source shrinks on load and applies the EXIF orientation.
         side = self._max_side()
-        image = pyvips.Image.thumbnail_source(
-            source, side, height=side, size="down", option_string="fail_on=error"
-        )
-        return detector_input(image, side)
+        fail_on = header.load_options["fail_on"]
+        try:
+            image = pyvips.Image.thumbnail_source(
+                header.source, side, height=side, size="down", option_string=f"fail_on={fail_on}"
+            )
+            return detector_input(ctx.watch(vips.normalise(image)), side)
+        except pyvips.Error as error:
+            ctx.check_deadline()
+            site = vips.failure_site(error)
+            if site != "load" and not source_decodes(header, ctx):
+                site = "load"
+            raise vips.classify(error, site or "process") from error
 
 
 def _box(detection: Detection) -> Box:

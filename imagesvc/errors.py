@@ -20,7 +20,11 @@ class FieldViolation:
 
 
 class ImageSvcError(Exception):
-    """Base of every error a caller can see. ``reason`` is stable and UPPER_SNAKE."""
+    """Base of every error a caller can see. ``reason`` is stable and UPPER_SNAKE.
+
+    ``retry_after_s``, when set, tells the caller when a retry may succeed (a
+    ``google.rpc.RetryInfo`` in the status).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
@@ -31,11 +35,13 @@ class ImageSvcError(Exception):
         *,
         metadata: Mapping[str, str] | None = None,
         violations: Sequence[FieldViolation] = (),
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.metadata = dict(metadata or {})
         self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidRequest(ImageSvcError):
@@ -81,10 +87,33 @@ class ImageDecodeFailed(ImageSvcError):
 
 
 class ResultTooLarge(ImageSvcError):
-    """An operation would produce an image over IMAGESVC_MAX_RESULT_DIMENSION."""
+    """The planned result is wider or taller than IMAGESVC_MAX_RESULT_DIMENSION."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "RESULT_TOO_LARGE"
+
+
+class ResultUnencodable(ImageSvcError):
+    """The requested output format cannot hold the result (e.g. WebP beyond 16383 px a side)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "RESULT_UNENCODABLE"
+
+
+class RequestTooCostly(ImageSvcError):
+    """The planned work, memory or pixel count of the request exceeds the per-request budget
+    (IMAGESVC_MAX_RESULT_MP, IMAGESVC_MAX_REQUEST_WORK_S, IMAGESVC_MAX_REQUEST_MEMORY_MB); the
+    figures are in the ErrorInfo metadata."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "REQUEST_TOO_COSTLY"
+
+
+class ResponseTooLarge(ImageSvcError):
+    """The encoded result does not fit in one response message (IMAGESVC_MAX_MESSAGE_BYTES)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESPONSE_TOO_LARGE"
 
 
 class Overloaded(ImageSvcError):
@@ -106,6 +135,14 @@ class Cancelled(ImageSvcError):
 
     code = grpc.StatusCode.CANCELLED
     reason = "CANCELLED"
+
+
+class DetectionUnavailable(ImageSvcError):
+    """An anonymising operation could not detect its objects and its policy is to fail rather
+    than return them visible; a retry after ``retry_after_s`` may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DETECTION_UNAVAILABLE"
 
 
 class ProcessingFailed(ImageSvcError):

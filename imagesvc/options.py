@@ -7,8 +7,12 @@ fixes a bad pipeline in one round trip.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from imagesvc.errors import FieldViolation, InvalidRequest
 from imagesvc.settings import Settings
@@ -49,9 +53,17 @@ class Violations:
 
     def __init__(self) -> None:
         self.items: list[FieldViolation] = []
+        # Fields already reported as not finite: the op parsers' range checks of the same
+        # fields would only repeat it in other words.
+        self._not_finite: set[str] = set()
 
     def add(self, path: str, description: str) -> None:
-        self.items.append(FieldViolation(path, description))
+        if path not in self._not_finite:
+            self.items.append(FieldViolation(path, description))
+
+    def add_not_finite(self, path: str) -> None:
+        self.add(path, "must be a finite number")
+        self._not_finite.add(path)
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -134,10 +146,38 @@ def parse_classes(classes: Any, path: str, pctx: ParseContext) -> frozenset[str]
     return frozenset(names)
 
 
+_FLOAT_TYPES = (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT)
+
+
+def non_finite_fields(msg: Message, path: str) -> list[str]:
+    """Paths of every float or double field, at any depth, holding NaN or an infinity.
+
+    Comparisons with NaN are all false, so a range check alone lets NaN through; one walk over
+    the message covers every float field, present and future."""
+    found = []
+    for descriptor, value in msg.ListFields():
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
+        repeated = descriptor.is_repeated
+        if descriptor.cpp_type in _FLOAT_TYPES:
+            items = enumerate(value) if repeated else ((None, value),)
+            found += [
+                name if i is None else f"{name}[{i}]" for i, v in items if not math.isfinite(v)
+            ]
+        elif descriptor.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+            if descriptor.message_type.GetOptions().map_entry:
+                continue  # no maps with float values in the API
+            items = enumerate(value) if repeated else ((None, value),)
+            for i, item in items:
+                found += non_finite_fields(item, name if i is None else f"{name}[{i}]")
+    return found
+
+
 def check_range(
     pctx: ParseContext, path: str, value: float, low: float, high: float, *, low_open: bool = False
 ) -> None:
-    if (value <= low if low_open else value < low) or value > high:
+    if not math.isfinite(value):
+        pctx.violations.add(path, "must be a finite number")
+    elif (value <= low if low_open else value < low) or value > high:
         bracket = "(" if low_open else "["
         pctx.violations.add(path, f"must be within {bracket}{low:g}, {high:g}]")
 
@@ -242,6 +282,8 @@ def parse_process_request(
             if name is None:
                 pctx.violations.add(path, "an operation must set one of its fields")
                 continue
+            for bad in non_finite_fields(getattr(operation, name), f"{path}.{name}"):
+                pctx.violations.add_not_finite(bad)
             spec = OPS[name]
             options = spec.parse(getattr(operation, name), f"{path}.{name}", pctx)
             planned.append(PlannedOp(name, spec, options))

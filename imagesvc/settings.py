@@ -64,7 +64,22 @@ class Settings(BaseSettings):
     max_pipelines: int = Field(10, ge=1, description="Most chained pipelines in one request.")
     max_operations: int = Field(32, ge=1, description="Most operations in one pipeline.")
     max_result_dimension: int = Field(
-        16384, ge=1, description="Largest width or height an operation may produce."
+        16384, ge=1, description="Largest width or height of the result."
+    )
+    max_result_mp: float = Field(
+        50.0,
+        gt=0,
+        description="Largest image, in megapixels, any step may produce (result included).",
+    )
+    max_request_work_s: float = Field(
+        10.0,
+        gt=0,
+        description="Most CPU-seconds a request may plan (estimated before decoding).",
+    )
+    max_request_memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Most memory a request may plan to hold at once (estimated before decoding).",
     )
     default_deadline_s: float = Field(
         30.0, gt=0, description="Deadline applied when the caller sets none."
@@ -72,11 +87,20 @@ class Settings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0, description="On SIGTERM, time in-flight RPCs get before the server stops."
     )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, time health says NOT_SERVING while new RPCs are still served.",
+    )
     auto_rotate: bool = Field(True, description="Apply the EXIF orientation at load time.")
     # NoDecode: the env value is a comma-separated list, split by the validator below.
     source_formats: Annotated[tuple[str, ...], NoDecode] = Field(
         ("jpeg", "png", "webp", "gif", "avif", "tiff"),
         description="Source formats that may be decoded (libvips loader allowlist).",
+    )
+    fail_on_warning_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("jpeg",),
+        description="Source formats refused on any decoder warning, not only on errors.",
     )
     quality: int = Field(80, ge=1, le=100, description="Default output quality.")
     format_quality: dict[str, int] = Field(
@@ -116,7 +140,7 @@ class Settings(BaseSettings):
     )
     dogstatsd_namespace: str = Field("imagesvc", description="Prefix of DogStatsD metric names.")
 
-    @field_validator("source_formats", mode="before")
+    @field_validator("source_formats", "fail_on_warning_formats", mode="before")
     @classmethod
     def _split_formats(cls, value: object) -> object:
         if isinstance(value, str):
@@ -127,7 +151,7 @@ class Settings(BaseSettings):
             return tuple(str(part).strip().lower() for part in value if str(part).strip())
         return value
 
-    @field_validator("source_formats")
+    @field_validator("source_formats", "fail_on_warning_formats")
     @classmethod
     def _known_source_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = sorted(set(value) - set(SOURCE_FORMAT_LOADERS))

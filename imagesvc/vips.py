@@ -14,6 +14,7 @@ from imagesvc.errors import (
     ImageFormatUnsupported,
     ImageSvcError,
     ProcessingFailed,
+    ResultUnencodable,
 )
 from imagesvc.settings import SOURCE_FORMAT_LOADERS, Settings
 
@@ -139,33 +140,86 @@ def load(source: pyvips.Source, **options) -> pyvips.Image:
     return pyvips.Image.new_from_source(source, "", **options)
 
 
-_DECODE_HINTS = (
-    "load",
-    "jpeg",
-    "png",
-    "webp",
-    "gif",
-    "heif",
-    "tiff",
-    "premature",
-    "truncated",
-    "corrupt",
-    "read error",
-    "out of order",
-    "libspng",
-)
+# Where a libvips error was raised, from the domain that starts each line of its error text
+# (``domain: message``). Loaders and the codec libraries behind them name themselves one way,
+# savers another; the first line is the root cause, later lines are its callers.
+_SAVE_DOMAIN_MARKERS = ("save", "vips2")
+_LOAD_DOMAIN_MARKERS = ("load", "vipsjpeg", "vipspng", "spng", "tiff2vips", "vipsgif")
+_LOAD_DOMAINS = {"webp", "heif", "gif", "tiff", "png", "jpeg", "source", "vipssource"}
+# libjpeg's error manager serves both directions; this one only ever comes from compressing
+# (a source that large is refused at its header).
+_JPEG_SAVE_MESSAGES = ("maximum supported image dimension",)
 
 
-def classify(error: pyvips.Error) -> ImageSvcError:
-    """Turn a libvips failure into a domain error.
+def failure_site(error: pyvips.Error) -> str | None:
+    """``"load"`` when a decoder raised ``error``, ``"save"`` when an encoder did, None when its
+    text does not say (some decoders fail without a message, e.g. a PNG whose IHDR CRC is bad)."""
+    lines = [line.strip() for line in (error.detail or "").splitlines() if ":" in line]
+    for line in lines:
+        domain, _, message = line.partition(":")
+        domain, message = domain.strip().lower(), message.strip().lower()
+        if any(marker in domain for marker in _SAVE_DOMAIN_MARKERS) or (
+            domain == "vipsjpeg" and message.startswith(_JPEG_SAVE_MESSAGES)
+        ):
+            return "save"
+        if domain in _LOAD_DOMAINS or any(marker in domain for marker in _LOAD_DOMAIN_MARKERS):
+            return "load"
+    return None
 
-    Decoding is lazy, so a corrupt source fails at pixel-pull time inside any step or at save;
-    failures that name a loader or a codec's complaint are the source's fault (INVALID_ARGUMENT),
-    anything else is ours (INTERNAL).
+
+def summary(error: pyvips.Error) -> str:
+    """The root cause of a libvips error in one line, for the caller's message."""
+    detail = [line.strip() for line in (error.detail or "").splitlines() if line.strip()]
+    return detail[0] if detail else (error.message or "libvips error")
+
+
+def classify(error: pyvips.Error, site: str | None = None) -> ImageSvcError:
+    """Turn a libvips failure into a domain error, by where it happened.
+
+    ``site`` is what the caller knows: ``"load"`` while a header is read or once the source
+    proved corrupt, ``"process"`` for a failure of ours; otherwise the error text says.
+    Decoding is lazy, so a corrupt source can fail inside any step or the encode, and not
+    every decoder says so (see ``engine.Engine._classify``, which decodes the source alone to
+    find out).
     """
-    text = f"{error.message} {error.detail or ''}".lower()
-    detail = (error.detail or error.message).strip().splitlines()
-    summary = detail[-1] if detail else "libvips error"
-    if any(hint in text for hint in _DECODE_HINTS):
-        return ImageDecodeFailed(f"the source image could not be decoded: {summary}")
-    return ProcessingFailed(f"image processing failed: {summary}")
+    site = site or failure_site(error)
+    if site == "load":
+        return ImageDecodeFailed(f"the source image could not be decoded: {summary(error)}")
+    if site == "save":
+        return ResultUnencodable(f"the result could not be encoded: {summary(error)}")
+    return ProcessingFailed(f"image processing failed: {summary(error)}")
+
+
+# Colour spaces the pipeline does not work in: converted to sRGB at load (as libvips' own
+# thumbnail does), so every step sees 8- or 16-bit grey or sRGB with at most one alpha band.
+_COLOUR = ("srgb", "rgb16")
+_GREY = ("b-w", "grey16")
+
+
+def normalise(image: pyvips.Image) -> pyvips.Image:
+    """The source in the form every step expects: 1 (grey) or 3 (sRGB) colour bands, plus an
+    alpha band when the source has one, extra bands dropped; 8- or 16-bit samples.
+
+    CMYK goes to sRGB through the embedded profile when there is one; other colour spaces
+    (Lab, XYZ, scRGB, ...) and sample formats (float, signed, 32-bit) are converted by libvips'
+    colourspace and clipped to 8 bits. Lazy: nothing is computed here.
+    """
+    interpretation = image.interpretation
+    alpha = bool(image.hasalpha())
+    if interpretation == "cmyk" and image.get_typeof("icc-profile-data"):
+        image = image.icc_transform("srgb", embedded=True, intent="perceptual")
+    elif interpretation not in _COLOUR + _GREY and image.bands >= 3:
+        image = image.colourspace("srgb")
+    elif interpretation not in _COLOUR + _GREY:
+        image = image.copy(interpretation="grey16" if image.format == "ushort" else "b-w")
+    colour = 1 if image.interpretation in _GREY else 3
+    wanted = colour + (1 if alpha and image.bands > colour else 0)
+    if image.bands > wanted:
+        image = image.extract_band(0, n=wanted)
+    elif image.bands < wanted:  # a 2-band "sRGB" image: read it as grey + alpha
+        image = image.copy(interpretation="b-w")
+    if image.format not in ("uchar", "ushort"):
+        image = image.colourspace("srgb" if colour == 3 else "b-w")
+        if image.format not in ("uchar", "ushort"):
+            image = image.cast("uchar")
+    return image

@@ -625,7 +625,11 @@ async def test_failing_detector_degrades_gravity_and_blur(make_engine):
     gravity = pb.Gravity(object=pb.ObjectGravity(classes=["face"]))
     ops = [
         resize_op(type=pb.RESIZING_TYPE_FILL, width=100, height=100, gravity=gravity),
-        pb.Operation(blur_detections=pb.BlurDetections(sigma=3)),
+        pb.Operation(
+            blur_detections=pb.BlurDetections(
+                sigma=3, on_detection_unavailable=pb.DETECTION_UNAVAILABLE_POLICY_SKIP
+            )
+        ),
     ]
     result = await run(make_engine(detector), request(png(red_block_source(300, 200)), ops))
     assert detector.calls == 1
@@ -697,7 +701,12 @@ class BrokenResponseDetector:
 
 async def test_a_broken_detector_response_degrades_instead_of_failing(make_engine):
     detector = BrokenResponseDetector()
-    ops = [pb.Operation(pixelate_detections=pb.PixelateDetections(size=8))]
+    skip = pb.DETECTION_UNAVAILABLE_POLICY_SKIP
+    ops = [
+        pb.Operation(
+            pixelate_detections=pb.PixelateDetections(size=8, on_detection_unavailable=skip)
+        )
+    ]
     result = await run(make_engine(detector), request(png(red_block_source(300, 200)), ops), 5.0)
     assert [(d.reason, d.operation) for d in result.degradations] == [
         ("DETECTION_UNAVAILABLE", "pixelate_detections")

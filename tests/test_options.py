@@ -205,3 +205,53 @@ def test_all_does_not_hide_an_unknown_class(settings):
     msg = request([op(blur_detections=pb.BlurDetections(sigma=3, classes=["all", "cat"]))])
     found = violations(msg, settings)
     assert set(found) == {"pipelines[0].operations[0].blur_detections.classes[1]"}
+
+
+def _float_field_paths(descriptor, prefix=()):
+    """Every float/double field reachable from a message type, as a tuple of field names."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field in descriptor.fields:
+        if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+            yield (*prefix, field.name)
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and len(prefix) < 4:
+            yield from _float_field_paths(field.message_type, (*prefix, field.name))
+
+
+FLOAT_FIELDS = sorted(set(_float_field_paths(pb.Operation.DESCRIPTOR)))
+
+
+def test_the_walk_finds_the_float_fields_the_api_has():
+    # A sample of the float fields the issue named: the walk must reach each of them.
+    names = {".".join(path) for path in FLOAT_FIELDS}
+    assert {
+        "resize.dpr",
+        "crop.width",
+        "crop.gravity.compass.x_offset",
+        "blur.sigma",
+        "blur_detections.sigma",
+        "sharpen.sigma",
+        "resize.gravity.focus_point.y",
+    } <= names
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("path", FLOAT_FIELDS, ids=".".join)
+def test_every_float_field_rejects_non_finite_values(settings, path, value):
+    operation = pb.Operation()
+    message = operation
+    for name in path[:-1]:
+        message = getattr(message, name)
+    setattr(message, path[-1], value)
+    found = violations(request([operation]), settings)
+    field = "pipelines[0].operations[0]." + ".".join(path)
+    assert found.get(field) == "must be a finite number", found
+
+
+def test_a_non_finite_value_is_reported_with_the_other_violations(settings):
+    found = violations(
+        request([op(blur=pb.Blur(sigma=float("nan"))), op(pixelate=pb.Pixelate(size=1))]),
+        settings,
+    )
+    assert found["pipelines[0].operations[0].blur.sigma"] == "must be a finite number"
+    assert "pipelines[0].operations[1].pixelate.size" in found

@@ -160,3 +160,43 @@ def test_log_filter_is_idempotent(caplog):
     vips.log_warnings_only()
     vips.log_warnings_only()
     test_libvips_warnings_still_reach_python_logging(caplog)
+
+
+@pytest.mark.parametrize(
+    "detail, site",
+    [
+        ("VipsJpeg: premature end of JPEG image\n", "load"),
+        ("VipsJpeg: Corrupt JPEG data: premature end of data segment\n", "load"),
+        ("vipspng: libpng read error\n", "load"),
+        ("webp: unable to parse image\n", "load"),
+        ("gifload_buffer: Invalid frame data\n", "load"),
+        ("heif: Invalid input: Unspecified: Corrupt frame detected (2.0)\n", "load"),
+        ("source: bad seek to 15887\nheif: Invalid input: Unexpected end of file\n", "load"),
+        ("tiff2vips: samples out of range\n", "load"),
+        ("webpsave: image too large\n", "save"),
+        ("heifsave: image too large\n", "save"),
+        ("gifsave_buffer: frame too large\n", "save"),
+        ("VipsJpeg: Maximum supported image dimension is 65500 pixels\n", "save"),
+        ("vips2png: unable to write to target target\n", "save"),
+        ("rot: angle must be a multiple of 90\n", None),
+        ("extract_area: bad extract area\n", None),
+        ("", None),
+    ],
+)
+def test_the_site_of_a_failure_comes_from_the_domain_of_its_first_line(detail, site):
+    # Substrings are not enough: "webpsave" names a format and is an encoder.
+    assert vips.failure_site(pyvips.Error("unable to call something", detail)) == site
+
+
+@pytest.mark.parametrize(
+    "site, reason",
+    [
+        ("load", "IMAGE_DECODE_FAILED"),
+        ("save", "RESULT_UNENCODABLE"),
+        ("process", "PROCESSING_FAILED"),
+    ],
+)
+def test_classify_follows_the_site(site, reason):
+    error = vips.classify(pyvips.Error("unable to call x", "x: something\n"), site)
+    assert error.reason == reason
+    assert error.message.endswith("x: something")

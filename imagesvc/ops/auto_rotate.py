@@ -9,6 +9,8 @@ import pyvips
 from imagesvc.context import StepContext
 from imagesvc.geometry import Affine
 from imagesvc.options import ParseContext
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 
@@ -56,3 +58,13 @@ def apply(image: pyvips.Image, ctx: StepContext | None) -> pyvips.Image:
 
 def run(image: pyvips.Image, opts: AutoRotateOptions, ctx: StepContext) -> pyvips.Image:
     return apply(image, ctx)
+
+
+def estimate(shape: Shape, opts: AutoRotateOptions, env: PlanEnv) -> OpEstimate:
+    """Turns by the EXIF orientation the load left in place (IMAGESVC_AUTO_ROTATE=false);
+    the tag is dropped, so a second auto_rotate does nothing."""
+    orientation, env.orientation = env.orientation, 1
+    if orientation == 1:
+        return OpEstimate(shape, 0.0)
+    turned = shape.turned() if orientation >= 5 else shape
+    return OpEstimate(turned, costs.copy_s(shape), random_access=True)

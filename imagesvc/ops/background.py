@@ -8,6 +8,8 @@ import pyvips
 
 from imagesvc.context import StepContext
 from imagesvc.options import ParseContext, check_range
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 
@@ -36,3 +38,10 @@ def flatten(image: pyvips.Image, rgb: tuple[int, int, int]) -> pyvips.Image:
 
 def run(image: pyvips.Image, opts: BackgroundOptions, ctx: StepContext) -> pyvips.Image:
     return flatten(image, opts.rgb)
+
+
+def estimate(shape: Shape, opts: BackgroundOptions, env: PlanEnv) -> OpEstimate:
+    if not shape.has_alpha:
+        return OpEstimate(shape, 0.0)
+    work = shape.pixels * costs.FLATTEN_NS * costs.NS * costs.sample_factor(shape.sample_bytes)
+    return OpEstimate(shape.with_bands(shape.bands - 1), work)

@@ -10,6 +10,7 @@ import pyvips
 from imagesvc.context import StepContext
 from imagesvc.geometry import Affine
 from imagesvc.ops import gravity as gravity_mod
+from imagesvc.planning import OpEstimate, PlanEnv, Shape, costs
 from imagesvc.options import CENTER, Gravity, ObjectGravity, ParseContext, parse_gravity
 from imagesvc.v1 import image_service_pb2 as pb
 
@@ -50,3 +51,12 @@ def run(image: pyvips.Image, opts: CropOptions, ctx: StepContext) -> pyvips.Imag
     image, left, top = gravity_mod.crop_position(image, crop_w, crop_h, opts.gravity, ctx, "crop")
     ctx.map(Affine.translate(-left, -top))
     return image.extract_area(left, top, crop_w, crop_h)
+
+
+def estimate(shape: Shape, opts: CropOptions, env: PlanEnv) -> OpEstimate:
+    crop_w, crop_h = crop_size(shape.width, opts.width), crop_size(shape.height, opts.height)
+    if (crop_w, crop_h) == (shape.width, shape.height):
+        return OpEstimate(shape, 0.0)
+    result = shape.sized(crop_w, crop_h)
+    placing, random_access = gravity_mod.placement_cost(shape, opts.gravity)
+    return OpEstimate(result, placing + costs.copy_s(result), random_access=random_access)

@@ -10,6 +10,7 @@ import pyvips
 from imagesvc.context import StepContext
 from imagesvc.ops.detection_regions import boxes_or_degrade, integer_box
 from imagesvc.options import ParseContext, parse_classes
+from imagesvc.planning import OpEstimate, PlanEnv, Shape, costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 # One colour per class, cycling; chosen to stand out on skin, sky and foliage.
@@ -46,28 +47,57 @@ def run(image: pyvips.Image, opts: DrawDetectionsOptions, ctx: StepContext) -> p
     thickness = max(2, round(min(image.width, image.height) / 200))
     for obj, box in found:
         ink = _ink(image, PALETTE[classes.index(obj.class_name) % len(PALETTE)])
-        left, top, width, height = integer_box(box)
-        for inset in range(thickness):
-            if width - 2 * inset <= 0 or height - 2 * inset <= 0:
-                break
-            image = image.draw_rect(
-                ink, left + inset, top + inset, width - 2 * inset, height - 2 * inset
-            )
-        image = _label(image, f"{obj.class_name} {obj.confidence:.2f}", left, top, ink, thickness)
+        label = f"{obj.class_name} {obj.confidence:.2f}"
+        image = _draw_box(image, integer_box(box), label, ink, thickness)
     return image
 
 
-def _label(
-    image: pyvips.Image, text: str, left: int, top: int, ink: list[float], thickness: int
+def _draw_box(
+    image: pyvips.Image,
+    box: tuple[int, int, int, int],
+    label: str,
+    ink: list[float],
+    thickness: int,
 ) -> pyvips.Image:
-    """Paint the label on a filled tab above the box (inside it when there is no room)."""
-    dpi = max(72, thickness * 36)
-    mask = pyvips.Image.text(text, dpi=dpi, font="sans bold 10")
-    pad = thickness
-    tab_w, tab_h = min(mask.width + 2 * pad, image.width), min(mask.height + 2 * pad, image.height)
+    """Outline the box and put its label on a tab above it (inside it when there is no room).
+
+    pyvips copies an image before every draw, so the drawing is done on a patch cut around the
+    box and its tab, which is then put back: the cost follows the box, not the image.
+    """
+    left, top, width, height = box
+    width, height = min(width, image.width - left), min(height, image.height - top)
+    mask = pyvips.Image.text(label, dpi=max(72, thickness * 36), font="sans bold 10")
+    tab_w = min(mask.width + 2 * thickness, image.width)
+    tab_h = min(mask.height + 2 * thickness, image.height)
     tab_left = min(left, image.width - tab_w)
     tab_top = top - tab_h if top >= tab_h else top
-    image = image.draw_rect(ink, tab_left, tab_top, tab_w, tab_h, fill=True)
-    text_mask = mask.extract_area(0, 0, min(mask.width, tab_w - pad), min(mask.height, tab_h - pad))
-    dark = [0.0] * (image.bands - 1) + ([ink[-1]] if image.hasalpha() else [0.0])
-    return image.draw_mask(dark, text_mask, tab_left + pad, tab_top + pad)
+    # The patch: the box and the tab together.
+    patch_left, patch_top = min(left, tab_left), min(top, tab_top)
+    patch_right = max(left + width, tab_left + tab_w)
+    patch_bottom = max(top + height, tab_top + tab_h)
+    patch = image.extract_area(
+        patch_left, patch_top, patch_right - patch_left, patch_bottom - patch_top
+    )
+    x, y = left - patch_left, top - patch_top
+    # Four filled bands, each at most ``thickness`` deep, inside the box.
+    side_w, side_h = min(thickness, width), min(thickness, height)
+    for rect in (
+        (x, y, width, side_h),
+        (x, y + height - side_h, width, side_h),
+        (x, y, side_w, height),
+        (x + width - side_w, y, side_w, height),
+    ):
+        patch = patch.draw_rect(ink, *rect, fill=True)
+    tab_x, tab_y = tab_left - patch_left, tab_top - patch_top
+    patch = patch.draw_rect(ink, tab_x, tab_y, tab_w, tab_h, fill=True)
+    text_w, text_h = min(mask.width, tab_w - thickness), min(mask.height, tab_h - thickness)
+    if text_w > 0 and text_h > 0:  # an image a few pixels wide has no room for text
+        dark = [0.0] * (image.bands - 1) + ([ink[-1]] if image.hasalpha() else [0.0])
+        text = mask.extract_area(0, 0, text_w, text_h)
+        patch = patch.draw_mask(dark, text, tab_x + thickness, tab_y + thickness)
+    return image.insert(patch, patch_left, patch_top)
+
+
+def estimate(shape: Shape, opts: DrawDetectionsOptions, env: PlanEnv) -> OpEstimate:
+    # Drawing happens on small patches around the boxes, put back lazily.
+    return OpEstimate(shape, costs.copy_s(shape), random_access=True)

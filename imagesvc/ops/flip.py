@@ -9,6 +9,8 @@ import pyvips
 from imagesvc.context import StepContext
 from imagesvc.geometry import Affine
 from imagesvc.options import ParseContext
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 
@@ -34,3 +36,10 @@ def run(image: pyvips.Image, opts: FlipOptions, ctx: StepContext) -> pyvips.Imag
     if opts.vertical:
         image = image.flip("vertical")
     return image
+
+
+def estimate(shape: Shape, opts: FlipOptions, env: PlanEnv) -> OpEstimate:
+    if not (opts.horizontal or opts.vertical):
+        return OpEstimate(shape, 0.0)
+    passes = int(opts.horizontal) + int(opts.vertical)
+    return OpEstimate(shape, passes * costs.copy_s(shape), random_access=opts.vertical)

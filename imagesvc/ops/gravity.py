@@ -8,6 +8,7 @@ import math
 import pyvips
 
 from imagesvc.context import StepContext
+from imagesvc.planning import Shape, costs
 from imagesvc.options import (
     CompassGravity,
     FocusPointGravity,
@@ -103,3 +104,12 @@ def crop_position(
     image = ctx.random_access(image)
     cx, cy = smart_centre(image, crop_w, crop_h)
     return (image, *centred_on(width, height, crop_w, crop_h, cx, cy))
+
+
+def placement_cost(shape: Shape, gravity: Gravity) -> tuple[float, bool]:
+    """(CPU-seconds, needs random access) of placing a crop in an image of ``shape``: smart
+    gravity runs libvips' attention crop over the image in memory, and object gravity may fall
+    back to it (nothing found, or detection unavailable), so it is planned as smart."""
+    if isinstance(gravity, (SmartGravity, ObjectGravity)):
+        return costs.smartcrop_s(shape), True
+    return 0.0, False

@@ -12,6 +12,8 @@ import pyvips
 
 from imagesvc.context import StepContext
 from imagesvc.options import ParseContext, check_range
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 MAX_SIZE = 1024
@@ -41,3 +43,9 @@ def mosaic(image: pyvips.Image, size: int) -> pyvips.Image:
 
 def run(image: pyvips.Image, opts: PixelateOptions, ctx: StepContext) -> pyvips.Image:
     return mosaic(image, opts.size)
+
+
+def estimate(shape: Shape, opts: PixelateOptions, env: PlanEnv) -> OpEstimate:
+    size = min(opts.size, max(shape.width, shape.height))
+    # Shrink by box averaging, then zoom back: two passes over every pixel.
+    return OpEstimate(shape, 2 * costs.copy_s(shape), window=size)

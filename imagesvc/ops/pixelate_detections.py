@@ -1,5 +1,7 @@
 """``pixelate_detections``: pixelate the boxes of detected objects. An imagesvc extension:
-imgproxy has only whole-image pixelate (Cloudinary's analogue is e_pixelate_faces)."""
+imgproxy has only whole-image pixelate (Cloudinary's analogue is e_pixelate_faces). When
+detection is unavailable it fails the request, pixelates the whole image or skips, as
+``on_detection_unavailable`` says."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ from dataclasses import dataclass
 import pyvips
 
 from imagesvc.context import StepContext
-from imagesvc.ops.detection_regions import boxes_or_degrade, rewrite_regions
+from imagesvc.ops import pixelate
+from imagesvc.ops.detection_regions import OnDetectionUnavailable, obscure_detections, parse_policy
 from imagesvc.ops.pixelate import MAX_SIZE, mosaic
+from imagesvc.planning import OpEstimate, PlanEnv, Shape, costs
 from imagesvc.options import ParseContext, check_range, parse_classes
 from imagesvc.v1 import image_service_pb2 as pb
 
@@ -18,11 +22,16 @@ from imagesvc.v1 import image_service_pb2 as pb
 class PixelateDetectionsOptions:
     size: int
     classes: frozenset[str] | None
+    on_unavailable: OnDetectionUnavailable = OnDetectionUnavailable.FAIL
 
 
 def parse(msg: pb.PixelateDetections, path: str, pctx: ParseContext) -> PixelateDetectionsOptions:
     check_range(pctx, f"{path}.size", msg.size, 2, MAX_SIZE)
-    return PixelateDetectionsOptions(msg.size, parse_classes(msg.classes, f"{path}.classes", pctx))
+    return PixelateDetectionsOptions(
+        msg.size,
+        parse_classes(msg.classes, f"{path}.classes", pctx),
+        parse_policy(msg.on_detection_unavailable, f"{path}.on_detection_unavailable", pctx),
+    )
 
 
 def needs_detections(opts: PixelateDetectionsOptions) -> bool:
@@ -30,8 +39,19 @@ def needs_detections(opts: PixelateDetectionsOptions) -> bool:
 
 
 def run(image: pyvips.Image, opts: PixelateDetectionsOptions, ctx: StepContext) -> pyvips.Image:
-    found = boxes_or_degrade(image, opts.classes, ctx, "pixelate_detections")
-    if not found:
-        return image
-    image = ctx.random_access(image)
-    return rewrite_regions(image, [box for _, box in found], lambda r: mosaic(r, opts.size))
+    return obscure_detections(
+        image,
+        opts.classes,
+        opts.on_unavailable,
+        ctx,
+        "pixelate_detections",
+        lambda region: mosaic(region, opts.size),
+        "pixelated",
+    )
+
+
+def estimate(shape: Shape, opts: PixelateDetectionsOptions, env: PlanEnv) -> OpEstimate:
+    """Planned as if the whole image were pixelated: the boxes are not known yet, and obscuring
+    the whole image is one of the policies when detection is unavailable."""
+    whole = pixelate.estimate(shape, pixelate.PixelateOptions(opts.size), env)
+    return OpEstimate(shape, whole.work_s + costs.copy_s(shape), random_access=True)

@@ -36,26 +36,31 @@ def _never(options: Any) -> bool:
 class OpSpec:
     parse: Callable[..., Any]  # (proto message, field path, ParseContext) -> frozen options
     run: Step
+    # (Shape, options, PlanEnv) -> OpEstimate: the step's effect, planned before decoding.
+    estimate: Callable[..., Any]
     needs_detections: Callable[[Any], bool] = _never
 
 
+def _spec(module: Any) -> OpSpec:
+    return OpSpec(
+        module.parse,
+        module.run,
+        module.estimate,
+        getattr(module, "needs_detections", _never),
+    )
+
+
 OPS: Mapping[str, OpSpec] = {
-    "resize": OpSpec(resize.parse, resize.run, resize.needs_detections),
-    "crop": OpSpec(crop.parse, crop.run, crop.needs_detections),
-    "auto_rotate": OpSpec(auto_rotate.parse, auto_rotate.run),
-    "rotate": OpSpec(rotate.parse, rotate.run),
-    "flip": OpSpec(flip.parse, flip.run),
-    "background": OpSpec(background.parse, background.run),
-    "blur": OpSpec(blur.parse, blur.run),
-    "sharpen": OpSpec(sharpen.parse, sharpen.run),
-    "pixelate": OpSpec(pixelate.parse, pixelate.run),
-    "draw_detections": OpSpec(
-        draw_detections.parse, draw_detections.run, draw_detections.needs_detections
-    ),
-    "blur_detections": OpSpec(
-        blur_detections.parse, blur_detections.run, blur_detections.needs_detections
-    ),
-    "pixelate_detections": OpSpec(
-        pixelate_detections.parse, pixelate_detections.run, pixelate_detections.needs_detections
-    ),
+    "resize": _spec(resize),
+    "crop": _spec(crop),
+    "auto_rotate": _spec(auto_rotate),
+    "rotate": _spec(rotate),
+    "flip": _spec(flip),
+    "background": _spec(background),
+    "blur": _spec(blur),
+    "sharpen": _spec(sharpen),
+    "pixelate": _spec(pixelate),
+    "draw_detections": _spec(draw_detections),
+    "blur_detections": _spec(blur_detections),
+    "pixelate_detections": _spec(pixelate_detections),
 }

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import pyvips
 
 from imagesvc.context import StepContext
-from imagesvc.errors import ResultTooLarge
 from imagesvc.geometry import Affine
 from imagesvc.ops import gravity as gravity_mod
+from imagesvc.planning import OpEstimate, PlanEnv, Shape, costs
 from imagesvc.options import (
     CENTER,
     CompassGravity,
@@ -186,14 +186,8 @@ def _dpr_offsets(gravity: Gravity, dpr: float) -> Gravity:
 def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
     src_w, src_h = ctx.logical_size or (image.width, image.height)
     ctx.logical_size = None
+    # Sizes were checked against the budget when the request was planned (see estimate).
     geometry = plan(src_w, src_h, opts)
-    limit = ctx.settings.max_result_dimension
-    for width, height in filter(None, (geometry.resized, geometry.extend)):
-        if max(width, height) > limit:
-            raise ResultTooLarge(
-                f"resize would produce {width}x{height}, over the {limit} px limit",
-                metadata={"width": str(width), "height": str(height), "limit": str(limit)},
-            )
     current_w, current_h = image.width, image.height
     image = resize_pixels(image, *geometry.resized)
     ctx.map(Affine.scale(image.width / current_w, image.height / current_h))
@@ -222,3 +216,24 @@ def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Im
         )
         ctx.map(Affine.translate(left, top))
     return image
+
+
+def estimate(shape: Shape, opts: ResizeOptions, env: PlanEnv) -> OpEstimate:
+    geometry = plan(shape.width, shape.height, opts)
+    resized = shape.sized(*geometry.resized)
+    # The first resize reads what shrink-on-load decoded, smaller than the logical size.
+    shrink, env.decode_shrink = env.decode_shrink, 1
+    decoded = shape.sized(-(-shape.width // shrink), -(-shape.height // shrink))
+    work = costs.resample_s(decoded, resized) if resized != shape else 0.0
+    rows = min(decoded.height, costs.RESIZE_BUFFER_ROWS)
+    buffer = decoded.width * decoded.bands * 4 * rows if resized.pixels < decoded.pixels else None
+    result, random_access = resized, False
+    if geometry.crop is not None:
+        placing, random_access = gravity_mod.placement_cost(resized, opts.gravity)
+        result = resized.sized(*geometry.crop)
+        work += placing + costs.copy_s(result)
+    if geometry.extend is not None:
+        bands = result.bands if result.has_alpha else result.bands + 1
+        result = result.with_bands(bands).sized(*geometry.extend)
+        work += costs.copy_s(result)
+    return OpEstimate(result, work, random_access=random_access, stream_bytes=buffer)

@@ -9,6 +9,8 @@ import pyvips
 from imagesvc.context import StepContext
 from imagesvc.geometry import Affine
 from imagesvc.options import ParseContext
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 _VIPS_ANGLE = {90: "d90", 180: "d180", 270: "d270"}
@@ -32,3 +34,10 @@ def run(image: pyvips.Image, opts: RotateOptions, ctx: StepContext) -> pyvips.Im
     image = ctx.random_access(image)
     ctx.map(Affine.rotate_clockwise(opts.angle, image.width, image.height))
     return image.rot(_VIPS_ANGLE[opts.angle])
+
+
+def estimate(shape: Shape, opts: RotateOptions, env: PlanEnv) -> OpEstimate:
+    if opts.angle == 0:
+        return OpEstimate(shape, 0.0)
+    turned = shape.turned() if opts.angle in (90, 270) else shape
+    return OpEstimate(turned, costs.copy_s(shape), random_access=True)

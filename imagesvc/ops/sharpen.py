@@ -8,6 +8,8 @@ import pyvips
 
 from imagesvc.context import StepContext
 from imagesvc.options import ParseContext, check_range
+from imagesvc.planning import OpEstimate, PlanEnv, Shape
+from imagesvc.planning import costs
 from imagesvc.v1 import image_service_pb2 as pb
 
 MAX_SIGMA = 20.0
@@ -30,3 +32,11 @@ def run(image: pyvips.Image, opts: SharpenOptions, ctx: StepContext) -> pyvips.I
     if sharpened.interpretation != interpretation:
         sharpened = sharpened.colourspace(interpretation)
     return sharpened.cast(image.format)
+
+
+def estimate(shape: Shape, opts: SharpenOptions, env: PlanEnv) -> OpEstimate:
+    # libvips' sharpen blurs the lightness band only, with a mask of about the same width.
+    taps = costs.gaussian_taps(opts.sigma)
+    lightness = shape.with_bands(1)
+    work = costs.convolution_s(lightness, taps) + shape.pixels * costs.SHARPEN_NS * costs.NS
+    return OpEstimate(shape, work * costs.sample_factor(shape.sample_bytes), window=taps)

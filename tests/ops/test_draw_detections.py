@@ -4,6 +4,7 @@ degradation instead of drawing when detection failed."""
 from __future__ import annotations
 
 import numpy as np
+import pyvips
 import pytest
 
 from tests.images import from_array, solid, to_array
@@ -156,3 +157,29 @@ def test_parse_unknown_class(pctx):
     [violation] = pctx.violations.items
     assert violation.field == "p.dd.classes[1]"
     assert "unicorn" in violation.description
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (2, 1), (2, 2), (3, 300), (300, 2)])
+def test_images_a_pixel_or_two_across_are_drawn_on(make_ctx, size):
+    # The box covers the whole image: there is no room for a tab or its text, only ink.
+    width, height = size
+    ctx = make_ctx(width, height, objects=[DetectedObject("face", 0.9, Box(0, 0, width, height))])
+    out = draw_detections.run(
+        from_array(solid(width, height, GREY)), DrawDetectionsOptions(None), ctx
+    )
+    array = to_array(out)
+    assert array.shape == (height, width, 3)
+    # Every pixel is within 2 px of an edge, so all of it is outline or tab (ink or text).
+    assert np.any(array != GREY, axis=2).all()
+
+
+def test_drawing_costs_follow_the_boxes_not_the_image(make_ctx):
+    # pyvips copies an image before each draw; drawing on patches keeps a big image's pixels
+    # out of memory until the encode reads them.
+    ctx = make_ctx(4000, 3000, objects=[DetectedObject("face", 0.9, Box(10, 40, 30, 30))])
+    big = pyvips.Image.black(4000, 3000, bands=3).copy(interpretation="srgb") + 128
+    ctx.in_memory = True  # as if the image had been copied to memory already
+    out = draw_detections.run(big.cast("uchar"), DrawDetectionsOptions(None), ctx)
+    patch = to_array(out.extract_area(0, 0, 60, 80))
+    assert (patch[40, 10:40] == FACE_INK).all()
+    assert (to_array(out.extract_area(3000, 2000, 10, 10)) == 128).all()

@@ -20,7 +20,7 @@ from tests.images import (
     with_marker,
 )
 from imagesvc.context import DetectedObject
-from imagesvc.errors import ResultTooLarge
+from imagesvc.planning import PlanEnv, Shape
 from imagesvc.geometry import Affine, Box
 from imagesvc.ops import resize
 from imagesvc.ops.resize import ResizeOptions, plan
@@ -303,14 +303,27 @@ def test_run_plans_from_the_logical_size_after_shrink_on_load(make_ctx):
     assert ctx.transform.point(248, 88) == pytest.approx(marker_centre(to_array(out)), abs=1.0)
 
 
-def test_run_refuses_results_over_the_limit(make_ctx, settings):
-    limit = settings.max_result_dimension
-    with pytest.raises(ResultTooLarge):
-        resize.run(
-            from_array(solid(20, 10)),
-            ResizeOptions(type="fit", width=limit, height=limit, enlarge=True, dpr=2),
-            make_ctx(20, 10),
-        )
+def test_estimate_is_the_size_run_produces(make_ctx, settings):
+    # The budget is checked on the estimate, so it must be the size run then makes.
+    cases = [
+        ((20, 10), ResizeOptions(type="fit", width=300, height=300, enlarge=True, dpr=2)),
+        ((1, 2000), ResizeOptions(type="fill", width=128, height=128)),
+        ((300, 200), ResizeOptions(type="fill_down", width=400, height=100)),
+        ((300, 200), ResizeOptions(type="force", width=50, height=70, extend=True)),
+        ((64, 48), ResizeOptions(width=200, height=200, extend=True)),
+    ]
+    for (width, height), opts in cases:
+        planned = resize.estimate(Shape(width, height, 3, 1), opts, PlanEnv(settings)).shape
+        out = resize.run(from_array(solid(width, height)), opts, make_ctx(width, height))
+        assert (planned.width, planned.height, planned.bands) == (out.width, out.height, out.bands)
+
+
+def test_a_fill_of_a_long_strip_plans_its_crop_not_the_strip(settings):
+    # A 1x100000 source, fill 128x128 without enlarging: the result is 1x128, not 1x100000.
+    planned = resize.estimate(
+        Shape(1, 100000, 3, 1), ResizeOptions(type="fill", width=128, height=128), PlanEnv(settings)
+    )
+    assert (planned.shape.width, planned.shape.height) == (1, 128)
 
 
 def test_run_resizes_alpha_premultiplied(make_ctx):

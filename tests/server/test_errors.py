@@ -98,7 +98,20 @@ async def test_expired_deadline_is_deadline_exceeded(stub):
     source = scenes.astronaut().jpegsave_buffer()
     request = pb.ProcessImageRequest(
         source=pb.ImageSource(data=source),
-        pipelines=[pb.Pipeline(operations=[pb.Operation(blur=pb.Blur(sigma=30))] * 8)],
+        pipelines=[
+            pb.Pipeline(
+                operations=[
+                    # Seconds of work: 16 MP, blurred four times, encoded to PNG.
+                    pb.Operation(
+                        resize=pb.Resize(
+                            type=pb.RESIZING_TYPE_FORCE, width=4000, height=4000, enlarge=True
+                        )
+                    ),
+                    *[pb.Operation(blur=pb.Blur(sigma=30))] * 4,
+                ]
+            )
+        ],
+        output=pb.OutputOptions(format=pb.IMAGE_FORMAT_PNG),
     )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ProcessImage(request, timeout=0.05)
@@ -135,3 +148,46 @@ async def test_describe_without_source_bytes_names_the_field(stub):
         "INVALID_REQUEST",
     )
     assert [field for field, _ in violations] == ["source.data"]
+
+
+async def test_hundreds_of_violations_still_reach_the_client_with_their_details(stub):
+    # 10 pipelines x 32 invalid blurs (the most a request may hold): listing all 320 violations
+    # would overflow gRPC's metadata limit and the client would get RESOURCE_EXHAUSTED instead.
+    source = scenes.astronaut().jpegsave_buffer()
+    blurs = [pb.Operation(blur=pb.Blur(sigma=0))] * 32
+    request = pb.ProcessImageRequest(
+        source=pb.ImageSource(data=source), pipelines=[pb.Pipeline(operations=blurs)] * 10
+    )
+    metadata, violations = await expect_error(
+        stub.ProcessImage(request, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"
+    )
+    assert violations[:2] == [
+        ("pipelines[0].operations[0].blur.sigma", "must be within (0, 100]"),
+        ("pipelines[0].operations[1].blur.sigma", "must be within (0, 100]"),
+    ]
+    assert 0 < len(violations) <= 20
+    assert metadata["violations_total"] == "320"
+    assert int(metadata["violations_omitted"]) == 320 - len(violations)
+
+
+async def test_a_huge_echoed_class_name_is_truncated_not_overflowing(stub):
+    name = "x" * 9000
+    request = pb.ProcessImageRequest(
+        source=pb.ImageSource(data=scenes.astronaut().jpegsave_buffer()),
+        pipelines=[
+            pb.Pipeline(
+                operations=[
+                    pb.Operation(blur_detections=pb.BlurDetections(sigma=5, classes=[name]))
+                ]
+            )
+        ],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ProcessImage(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    reason, _, violations = rich_status(caught.value)
+    assert reason == "INVALID_REQUEST"
+    [(field, description)] = violations
+    assert field == "pipelines[0].operations[0].blur_detections.classes[0]"
+    assert description.startswith("unknown class 'xxxx") and description.endswith("…")
+    assert len(description) < 1000 and len(caught.value.details()) < 1000
