@@ -249,7 +249,7 @@ def run_spec(spec: dict) -> dict:
         "source_bytes": len(data),
         "estimated_s": plan.work_s,
         "estimated_mb": (plan.peak_bytes - len(data)) / 2**20,
-        "limit_mb": settings.max_request_memory_mb,
+        "limit_mb": settings.request_memory_mb,
     }
     engine = Engine(settings, None, NullMetrics())
     gc.collect()

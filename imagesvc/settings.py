@@ -6,6 +6,7 @@ the start instead of the first request. The README's configuration table mirrors
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Annotated
@@ -24,6 +25,36 @@ SOURCE_FORMAT_LOADERS = {
     "avif": ("VipsForeignLoadHeif",),
     "tiff": ("VipsForeignLoadTiff",),
 }
+
+
+# What the process holds besides its requests' images: the interpreter, gRPC, libvips, numpy.
+PROCESS_RESERVE_MB = 256
+DEFAULT_REQUEST_MEMORY_MB = 1024
+_CGROUP_MEMORY_LIMITS = (
+    "/sys/fs/cgroup/memory.max",  # cgroup v2
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+)
+
+
+def container_memory_limit_mb(paths: tuple[str, ...] = _CGROUP_MEMORY_LIMITS) -> int | None:
+    """The memory limit of this container (the pod's ``limits.memory``), or None when there is
+    none: no cgroup file, ``max``, or v1's "unlimited" (a number beyond any machine)."""
+    for path in paths:
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2**60:
+            return int(text) // 2**20
+        return None
+    return None
+
+
+def request_memory_budget_mb(workers: int, limit_mb: int | None) -> int:
+    """Each worker's share of the container's memory after the process's own reserve."""
+    if limit_mb is None:
+        return DEFAULT_REQUEST_MEMORY_MB
+    return max(64, (limit_mb - PROCESS_RESERVE_MB) // workers)
 
 
 def _default_workers() -> int:
@@ -76,10 +107,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Most CPU-seconds a request may plan (estimated before decoding).",
     )
-    max_request_memory_mb: int = Field(
-        1024,
+    max_request_memory_mb: int | None = Field(
+        None,
         ge=64,
-        description="Most memory a request may plan to hold at once (estimated before decoding).",
+        description=(
+            "Most memory a request may plan to hold at once (estimated before decoding); "
+            "unset: the container's memory limit, less a reserve, over the workers (1024 "
+            "without a limit)."
+        ),
     )
     default_deadline_s: float = Field(
         30.0, gt=0, description="Deadline applied when the caller sets none."
@@ -177,6 +212,13 @@ class Settings(BaseSettings):
         if value not in ("console", "json"):
             raise ValueError("log_format must be console or json")
         return value
+
+    @functools.cached_property
+    def request_memory_mb(self) -> int:
+        """The per-request memory budget in force (IMAGESVC_MAX_REQUEST_MEMORY_MB or derived)."""
+        if self.max_request_memory_mb is not None:
+            return self.max_request_memory_mb
+        return request_memory_budget_mb(self.workers, container_memory_limit_mb())
 
     @property
     def max_src_pixels(self) -> int:

@@ -101,3 +101,25 @@ def test_keyword_arguments_override_the_environment(monkeypatch):
     monkeypatch.setenv("IMAGESVC_WORKERS", "3")
     assert Settings(workers=1).workers == 1
     assert Settings().workers == 3
+
+
+def test_the_request_memory_budget_is_the_containers_limit_over_the_workers(tmp_path):
+    from imagesvc.settings import container_memory_limit_mb, request_memory_budget_mb
+
+    v2 = tmp_path / "memory.max"
+    v2.write_text("4294967296\n")  # a 4Gi pod limit
+    assert container_memory_limit_mb((str(v2),)) == 4096
+    assert request_memory_budget_mb(4, 4096) == (4096 - 256) // 4
+    assert request_memory_budget_mb(64, 1024) == 64  # never below the floor
+    v2.write_text("max\n")
+    assert container_memory_limit_mb((str(v2),)) is None
+    v1 = tmp_path / "memory.limit_in_bytes"
+    v1.write_text(str(2**63 - 4096))  # cgroup v1 without a limit
+    assert container_memory_limit_mb((str(tmp_path / "absent"), str(v1))) is None
+    assert request_memory_budget_mb(2, None) == 1024
+
+
+def test_an_explicit_request_memory_budget_wins():
+    assert Settings(max_request_memory_mb=300, workers=2).request_memory_mb == 300
+    derived = Settings(workers=2).request_memory_mb
+    assert derived >= 64

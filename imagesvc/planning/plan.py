@@ -200,7 +200,7 @@ def check_budget(plan: RequestPlan, settings: Settings) -> None:
         "memory_mb": f"{plan.peak_bytes / 2**20:.0f}",
         "limit_megapixels": f"{settings.max_result_mp:g}",
         "limit_work_s": f"{settings.max_request_work_s:g}",
-        "limit_memory_mb": str(settings.max_request_memory_mb),
+        "limit_memory_mb": str(settings.request_memory_mb),
     }
     if plan.largest.pixels > settings.max_result_mp * 1e6:
         broken = (
@@ -214,10 +214,10 @@ def check_budget(plan: RequestPlan, settings: Settings) -> None:
             f"{settings.max_request_work_s:g} s budget"
         )
         limit = "max_request_work_s"
-    elif plan.peak_bytes > settings.max_request_memory_mb * 2**20:
+    elif plan.peak_bytes > settings.request_memory_mb * 2**20:
         broken = (
             f"the request is estimated to hold {plan.peak_bytes / 2**20:.0f} MB at once, over the "
-            f"{settings.max_request_memory_mb} MB budget"
+            f"{settings.request_memory_mb} MB budget"
         )
         limit = "max_request_memory_mb"
     else:

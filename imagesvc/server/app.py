@@ -183,6 +183,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         metrics=f"{settings.metrics_host}:{metrics_port}" if metrics_port else None,
         triton=settings.triton_url,
         workers=settings.workers,
+        request_memory_mb=settings.request_memory_mb,
     )
     return RunningServer(
         server, port, engine, reporter, detector, metrics_port, metrics_server, trimmer
