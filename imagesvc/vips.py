@@ -6,6 +6,9 @@ libvips thread per image (parallelism comes from the worker pool), and only allo
 
 from __future__ import annotations
 
+import ctypes
+from pathlib import Path
+
 import pyvips
 
 from imagesvc.errors import (
@@ -58,7 +61,9 @@ _LOGGED_LEVELS = (
 
 
 def log_warnings_only() -> None:
-    """Re-register pyvips' libvips log handler for warnings and errors only (idempotent).
+    """Re-register pyvips' libvips log handler for warnings and errors only (idempotent), and
+    make a libvips warning raised from inside that handler harmless (see
+    ``recursive_warnings_are_not_fatal``).
 
     pyvips keeps the handler id in a module global that its atexit hook unregisters; it is
     updated here so that hook removes this handler instead.
@@ -69,6 +74,36 @@ def log_warnings_only() -> None:
     pyvips._log_handler_id = glib.g_log_set_handler(
         b"VIPS", _LOGGED_LEVELS, pyvips._log_handler_cb, pyvips.ffi.NULL
     )
+    recursive_warnings_are_not_fatal()
+
+
+_G_LOG_LEVEL_ERROR = 1 << 2
+
+
+def _glib() -> ctypes.CDLL | None:
+    """The GLib libvips runs on, through ctypes (pyvips' cffi module does not declare the
+    functions needed here): the loaded library that exports them, the libvips of the
+    pyvips-binary wheel (GLib is linked into it) or a system libglib."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if ".so" in path and ("vips" in path or "glib" in path) and "_libvips" not in path:
+            library = ctypes.CDLL(path)
+            if hasattr(library, "g_log_set_always_fatal"):
+                return library
+    return None
+
+
+def recursive_warnings_are_not_fatal() -> None:
+    """GLib treats a log message raised while the same thread is inside a log handler as
+    fatal, and aborts the process. The handler here is Python: its allocations can run the
+    garbage collector, which may free a failed libvips loader, which logs a warning ("read gave
+    10 warnings") from inside the handler: a crafted JPEG could abort the server that way.
+    Errors stay fatal; a recursive warning goes to GLib's fallback handler (stderr)."""
+    glib = _glib()
+    if glib is None:  # pragma: no cover - a libvips build without GLib in a known place
+        return
+    glib.g_log_set_always_fatal(ctypes.c_int(_G_LOG_LEVEL_ERROR))
+    glib.g_log_set_fatal_mask(b"VIPS", ctypes.c_int(_G_LOG_LEVEL_ERROR))
 
 
 def configure(settings: Settings) -> None:

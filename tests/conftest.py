@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.server_process import Server
+
 TRITON_FIXTURE = "triton_sidecar"
 
 
@@ -32,3 +34,20 @@ def triton_sidecar():
 
     with TritonSidecar() as sidecar:
         yield sidecar
+
+
+@pytest.fixture
+def start_server():
+    """Start ``python -m imagesvc.server`` subprocesses (``start(**env) -> (server, port)``);
+    each is killed after the test."""
+    started: list[Server] = []
+
+    def start(**env: str) -> tuple[Server, int]:
+        server = Server(**env)
+        started.append(server)
+        port = int(server.wait_event("started")["grpc"].rsplit(":", 1)[1])
+        return server, port
+
+    yield start
+    for server in started:
+        server.kill()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import pyvips
@@ -200,3 +204,51 @@ def test_classify_follows_the_site(site, reason):
     error = vips.classify(pyvips.Error("unable to call x", "x: something\n"), site)
     assert error.reason == reason
     assert error.message.endswith("x: something")
+
+
+REENTRANT_WARNING = """
+import logging
+import numpy as np
+import pyvips
+from imagesvc import vips
+from imagesvc.settings import Settings
+
+vips.configure(Settings())
+pixels = np.random.default_rng(2).integers(0, 255, (64, 64), dtype=np.uint8)
+gif = pyvips.Image.new_from_array(pixels).gifsave_buffer()[:-10]
+
+
+class Reentrant(logging.Handler):
+    depth = 0
+
+    def emit(self, record):
+        if Reentrant.depth:
+            return
+        Reentrant.depth += 1
+        try:  # a libvips warning from inside the log handler, on the same thread
+            pyvips.Image.new_from_buffer(gif, "", fail_on="none").avg()
+        finally:
+            Reentrant.depth -= 1
+
+
+logging.getLogger("pyvips").addHandler(Reentrant())
+logging.getLogger("pyvips").setLevel(logging.WARNING)
+pyvips.Image.new_from_buffer(gif, "", fail_on="none").avg()
+print("survived")
+"""
+
+
+def test_a_libvips_warning_inside_the_log_handler_does_not_abort_the_process():
+    # The fuzz suite found it: the garbage collector, run by the Python log handler's own
+    # allocations, freed a failed JPEG loader, whose "read gave 10 warnings" GLib saw as a
+    # recursive log message, which it treats as fatal (SIGABRT). Here the recursion is made
+    # on purpose, in a child process.
+    done = subprocess.run(
+        [sys.executable, "-c", REENTRANT_WARNING],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "survived" in done.stdout

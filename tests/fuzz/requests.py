@@ -1,0 +1,146 @@
+"""Hypothesis strategies for fuzzed ProcessImage requests: every field of the pipeline and
+output messages, found by walking the proto descriptors (new fields are fuzzed as they are
+added), takes extreme values: 0, 1, limits and one past them, 2^32-1, negative, tiny, huge,
+NaN and infinities, unknown enum numbers, empty and 9,000-character class names, more
+pipelines and operations than allowed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from hypothesis import strategies as st
+
+from tests.images import from_array, jpeg, png, textured
+from imagesvc.v1 import image_service_pb2 as pb
+
+UINTS = [
+    0,
+    1,
+    2,
+    3,
+    7,
+    31,
+    255,
+    256,
+    1023,
+    1024,
+    1025,
+    16383,
+    16384,
+    16385,
+    65535,
+    2**31 - 1,
+    2**32 - 1,
+]
+INTS = [0, 1, -1, 90, 180, 270, 360, 45, 2**31 - 1, -(2**31)]
+DOUBLES = [
+    0.0, -0.0, 5e-324, 1e-9, 0.25, 0.5, 0.999999, 1.0, 1.0000001, 2.0, 7.5, 8.0, 8.0001, 20.0,
+    20.5, 100.0, 100.0001, 1e9, 1.7e308, -1.0, -1e-9, -1.7e308,
+    math.nan, math.inf, -math.inf,
+]  # fmt: skip
+ORDINARY_UINTS = [0, 2, 4, 16, 40, 64, 90, 100]
+ORDINARY_DOUBLES = [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 10.0]
+CLASSES = ["face", "all", "", " FACE ", "person", "x" * 9000, "ünïcødé", "face\x00"]
+
+
+def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy:
+    """Messages of this type with any subset of their fields set to extreme values."""
+    fields = {}
+    for field in descriptor.fields:
+        value = field_values(field, depth)
+        if value is None:
+            continue
+        if field.is_repeated:
+            value = st.lists(value, max_size=3)
+        fields[field.name] = st.one_of(st.none(), value)
+    oneofs = {o.name: [f.name for f in o.fields] for o in descriptor.oneofs}
+
+    def build(chosen: dict):
+        msg = descriptor._concrete_class()
+        for oneof_fields in oneofs.values():  # at most one member of each oneof
+            present = [name for name in oneof_fields if chosen.get(name) is not None]
+            for name in present[1:]:
+                chosen[name] = None
+        for name, value in chosen.items():
+            if value is None:
+                continue
+            field = descriptor.fields_by_name[name]
+            target = getattr(msg, name)
+            if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+                if field.is_repeated:
+                    target.extend(value)
+                else:
+                    target.CopyFrom(value)
+            elif field.is_repeated:
+                target.extend(value)
+            else:
+                setattr(msg, name, value)
+        return msg
+
+    return st.fixed_dictionaries({}, optional=fields).map(build)
+
+
+def field_values(field: FieldDescriptor, depth: int) -> st.SearchStrategy | None:
+    kind = field.cpp_type
+    if kind == FieldDescriptor.CPPTYPE_MESSAGE:
+        return message(field.message_type, depth + 1) if depth < 4 else None
+    # Half of the values are ordinary ones, so that many requests get past validation and
+    # exercise the engine; the other half are the extremes.
+    if kind == FieldDescriptor.CPPTYPE_ENUM:
+        known = [v.number for v in field.enum_type.values]
+        return st.sampled_from(known) | st.sampled_from([max(known) + 1, 99, -1])
+    if kind in (FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64):
+        return st.sampled_from(ORDINARY_UINTS) | st.sampled_from(UINTS)
+    if kind in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64):
+        return st.sampled_from(INTS)
+    if kind in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return st.sampled_from(ORDINARY_DOUBLES) | st.sampled_from(DOUBLES)
+    if kind == FieldDescriptor.CPPTYPE_BOOL:
+        return st.booleans()
+    if kind == FieldDescriptor.CPPTYPE_STRING and field.type == FieldDescriptor.TYPE_STRING:
+        return st.sampled_from(CLASSES)
+    return None  # bytes: the source is chosen below
+
+
+OPERATION = message(pb.Operation.DESCRIPTOR)
+PIPELINES = st.lists(
+    st.builds(lambda ops: pb.Pipeline(operations=ops), st.lists(OPERATION, min_size=1, max_size=5)),
+    min_size=0,
+    max_size=3,
+) | st.just([pb.Pipeline(operations=[pb.Operation(flip=pb.Flip(horizontal=True))] * 33)] * 11)
+OUTPUT = message(pb.OutputOptions.DESCRIPTOR)
+
+
+def sources() -> list[bytes]:
+    rgba = np.dstack([textured(17, 9), np.full((9, 17), 120, np.uint8)])
+    return [
+        jpeg(textured(40, 30)),
+        png(rgba),
+        png(textured(1, 1)),
+        png(textured(1, 300)),
+        from_array(textured(64, 48)).webpsave_buffer(),
+    ]
+
+
+SOURCES = st.integers(0, 4)  # index into sources()
+REQUESTS = st.builds(
+    lambda source, pipelines, output: (source, pipelines, output), SOURCES, PIPELINES, OUTPUT
+)
+
+# Deliberate outcomes of a request whose source is sound (README error table).
+DELIBERATE = {
+    "INVALID_REQUEST",
+    "REQUEST_TOO_COSTLY",
+    "RESULT_TOO_LARGE",
+    "RESULT_UNENCODABLE",
+    "RESPONSE_TOO_LARGE",
+    "DETECTION_UNAVAILABLE",
+}
+
+
+def build(source_index: int, pipelines, output, data: list[bytes]) -> pb.ProcessImageRequest:
+    return pb.ProcessImageRequest(
+        source=pb.ImageSource(data=data[source_index]), pipelines=pipelines, output=output
+    )
