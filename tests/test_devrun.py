@@ -8,7 +8,6 @@ import queue
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,21 +20,11 @@ import pyvips
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from imagesvc import devrun
+from tests.server_process import free_port, port_open
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def tritonserver_pids(grpc_port: int) -> list[int]:
