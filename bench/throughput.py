@@ -16,38 +16,44 @@ of the same round, and the median over rounds is reported: on a shared VM whose 
 10-20 % within a minute, this cancels the drift that a ratio of two separately timed runs keeps.
 Load goes only to 127.0.0.1; every burst is bounded by its image count and ``--max-seconds``.
 
+Memory. Every arm reports its peak RSS (VmHWM) and its idle RSS: VmRSS after the rounds and
+``--idle-s`` (11 s) with nothing to do, past one periodic ``malloc_trim`` of the service
+(``IMAGESVC_FREE_MEMORY_INTERVAL_S``, 10 s). The glibc malloc policy (``--arena-max``,
+``--malloc-tuning``) applies to every process alike; ``--policies`` runs one set of arms per
+policy, interleaved in the same rounds. ``--corpus`` takes several corpora (``synthetic``,
+``photos``, ``photos-12mp`` or folders), run one after another.
+
 Layout (``--layout``). ``pinned``, the default on a machine with 2 or more CPUs: the load
 generator gets its own CPU(s) (``--client-cpus``, the last ones), and the floor and the server get
 the same remaining CPUs, so both arms have the same CPU budget and the client's own cost (and its
 cache traffic) is not charged to the service, as in production where callers run elsewhere.
 ``shared``: every process may run on every CPU, so the client competes with the service.
 
-    .venv/bin/python bench/throughput.py [--n N] [--rounds R] [--concurrency 1,2,4] [--corpus DIR]
-                                         [--layout pinned|shared]
+    .venv/bin/python bench/throughput.py [--n N] [--rounds R] [--concurrency 1,2,4]
+                                         [--corpus synthetic,photos,photos-12mp,DIR]
+                                         [--layout pinned|shared] [--arena-max N]
+                                         [--malloc-tuning on|off] [--policies P1,P2,...]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import itertools
 import json
 import math
 import os
-import platform
 import queue
 import re
 import resource
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -80,6 +86,76 @@ def plan_cpus(layout: str, client_cpus: int) -> tuple[frozenset[int] | None, fro
     if layout == "shared" or len(usable) <= client_cpus:
         return None, None
     return frozenset(usable[:-client_cpus]), frozenset(usable[-client_cpus:])
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A glibc malloc policy, applied alike to every process of the arms that run under it."""
+
+    arena_max: int  # mallopt(M_ARENA_MAX); 0: glibc's default (8 per CPU)
+    tuning: bool  # imagesvc.memory's fixed mmap/trim thresholds
+
+    @property
+    def name(self) -> str:
+        arenas = f"arena{self.arena_max}" if self.arena_max else "glibc"
+        return arenas + ("+tuning" if self.tuning else "")
+
+    def role_args(self) -> list[str]:
+        return [
+            "--arena-max",
+            str(self.arena_max),
+            "--malloc-tuning",
+            "on" if self.tuning else "off",
+        ]
+
+    def server_env(self) -> dict[str, str]:
+        return {
+            "IMAGESVC_MALLOC_ARENA_MAX": str(self.arena_max),
+            "IMAGESVC_MALLOC_TUNING": "true" if self.tuning else "false",
+        }
+
+
+def parse_policy(text: str) -> Policy:
+    """``glibc``, ``arenaN``, each optionally followed by ``+tuning``."""
+    base, plus, extra = text.strip().partition("+")
+    if plus and extra != "tuning":
+        raise ValueError(f"bad policy {text!r}: only '+tuning' may follow the arenas")
+    if base == "glibc":
+        arenas = 0
+    elif base.startswith("arena") and base[5:].isdigit() and int(base[5:]) >= 1:
+        arenas = int(base[5:])
+    else:
+        raise ValueError(f"bad policy {text!r}: glibc or arenaN (N >= 1), then maybe +tuning")
+    return Policy(arenas, bool(plus))
+
+
+def service_default_policy() -> Policy:
+    """The policy the service applies when nothing is configured (imagesvc.settings)."""
+    from imagesvc.settings import Settings
+
+    fields = Settings.model_fields
+    return Policy(fields["malloc_arena_max"].default, fields["malloc_tuning"].default)
+
+
+# Corpora by name; anything else given to --corpus is a folder of JPEGs.
+CORPORA = ("synthetic", "photos", "photos-12mp")
+
+
+def resolve_corpus(spec: str) -> tuple[str, Path]:
+    """(name, folder) of one --corpus entry, building a named corpus on first use."""
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if spec == "synthetic":
+        from corpus import build as build_synthetic  # bench/ is sys.path[0] as a script
+
+        folder = BENCH_DIR / "corpus"
+        build_synthetic(folder, log=say)
+        return spec, folder
+    if spec in CORPORA:
+        from photos import build as build_photos
+
+        return spec, build_photos(spec, log=say)[0].parent
+    folder = Path(spec).resolve()
+    return folder.name, folder
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +241,8 @@ def emit(result: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Floor: the service's per-image work, in-process (mirrors imagesvc.engine / ops.resize)
+# Floor: the service's per-image work, in-process (mirrors imagesvc.engine / ops.resize). The
+# floor process imports only what it needs (pyvips, imagesvc.memory): its RSS is pyvips' own.
 
 
 def configure_vips():
@@ -228,6 +305,7 @@ def floor_one(pyvips, data: bytes) -> tuple[bytes, int, int]:
 
 def role_floor(args) -> None:
     pyvips = configure_vips()
+    rss_base = proc_status()["VmRSS"]
     blobs = [p.read_bytes() for p in corpus_files(args.corpus)]
     k = len(blobs)
     rss_loaded = proc_status()["VmRSS"]
@@ -267,6 +345,7 @@ def role_floor(args) -> None:
                     "errors": 0,
                     "latencies": [v for x in latencies for v in x],
                     "cpu_s": cpu1 - cpu0,
+                    "rss_base": rss_base,
                     "rss_loaded": rss_loaded,
                     "hwm": proc_status()["VmHWM"],
                 }
@@ -296,6 +375,8 @@ def build_requests(files: list[Path]) -> list[bytes]:
 
 
 def role_client(args) -> None:
+    import asyncio
+
     import grpc
 
     payloads = build_requests(corpus_files(args.corpus))
@@ -443,7 +524,7 @@ class Server:
         self,
         workers: int,
         log_path: Path,
-        malloc_tuning: bool,
+        policy: Policy,
         cpus: frozenset[int] | None = None,
     ) -> None:
         self.port = free_port()
@@ -455,10 +536,11 @@ class Server:
             "IMAGESVC_METRICS_HOST": "127.0.0.1",
             "IMAGESVC_METRICS_PORT": str(self.metrics_port),
             "IMAGESVC_WORKERS": str(workers),
-            "IMAGESVC_MALLOC_TUNING": "true" if malloc_tuning else "false",
+            **policy.server_env(),
             "IMAGESVC_TRITON_URL": "127.0.0.1:1",
             "IMAGESVC_LOG_LEVEL": "warning",
             "IMAGESVC_GRACE_PERIOD_S": "1",
+            "IMAGESVC_DRAIN_S": "0",
         }
         self.log = open(log_path, "a")
         self.log.write(f"\n=== start {dt.datetime.now().isoformat()} port={self.port}\n")
@@ -508,6 +590,8 @@ class Server:
 
     def scrape(self) -> dict[str, float]:
         """Sum / count of the step and RPC histograms from /metrics."""
+        import urllib.request
+
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             text = resp.read().decode()
@@ -544,9 +628,13 @@ class Server:
 class FloorArm:
     """``processes`` floor processes with ``threads`` threads each, driven together."""
 
-    def __init__(self, args, processes: int, threads: int, *, per_process: bool = False) -> None:
-        self.name = f"floor {processes}proc" if per_process else f"floor {threads}thr"
+    def __init__(
+        self, args, policy: Policy, processes: int, threads: int, *, per_process: bool = False
+    ) -> None:
+        self.base_name = f"floor {processes}proc" if per_process else f"floor {threads}thr"
+        self.name = arm_name(args, self.base_name, policy)
         self.kind = "floor"
+        self.policy = policy
         self.children = [
             Child(
                 [
@@ -557,11 +645,10 @@ class FloorArm:
                     "--threads",
                     str(threads),
                     "--warmup",
-                    str(args.warmup),
+                    str(args.warmup_n),
                     "--max-seconds",
                     str(args.max_seconds),
-                    "--malloc-tuning",
-                    args.malloc_tuning,
+                    *policy.role_args(),
                 ],
                 f"{self.name}[{i}]",
                 args.arm_cpus,
@@ -582,16 +669,27 @@ class FloorArm:
         results = [child.result(args.max_seconds + 60) for child in self.children]
         stat1 = system_cpu()
         out = summarize_burst(results)
+        self.rss_base = sum(r["rss_base"] for r in results)
+        self.rss_loaded = sum(r["rss_loaded"] for r in results)
         own = sum(r["cpu_s"] for r in results)
         out.update(foreign_cores(stat0, stat1, own))
         out["cpu_s"] = own
         return out
 
+    def rss_mb(self) -> float:
+        return sum(proc_status(c.proc.pid)["VmRSS"] for c in self.children) / 2**20
+
     def finish(self) -> dict:
         hwm = [proc_status(c.proc.pid)["VmHWM"] / 2**20 for c in self.children]
         for child in self.children:
             child.close()
-        return {"peak_rss_mb": sum(hwm), "peak_rss_mb_per_process": hwm}
+        return {
+            "policy": self.policy.name,
+            "peak_rss_mb": sum(hwm),
+            "peak_rss_mb_per_process": hwm,
+            "rss_base_mb": self.rss_base / 2**20,
+            "rss_loaded_mb": self.rss_loaded / 2**20,
+        }
 
     def kill(self) -> None:
         for child in self.children:
@@ -602,13 +700,13 @@ class FloorArm:
 class ServiceArm:
     """A fresh imagesvc server and its own client process at one concurrency."""
 
-    def __init__(self, args, concurrency: int, log_path: Path) -> None:
-        self.name = f"service c{concurrency}"
+    def __init__(self, args, policy: Policy, concurrency: int, log_path: Path) -> None:
+        self.base_name = f"service c{concurrency}"
+        self.name = arm_name(args, self.base_name, policy)
         self.kind = "service"
+        self.policy = policy
         self.concurrency = concurrency
-        self.server = Server(
-            args.service_workers, log_path, args.malloc_tuning == "on", args.arm_cpus
-        )
+        self.server = Server(args.service_workers, log_path, policy, args.arm_cpus)
         self.client: Child | None = None
         self.args = args
 
@@ -627,11 +725,10 @@ class ServiceArm:
                 "--concurrency",
                 str(self.concurrency),
                 "--warmup",
-                str(max(args.warmup, 2 * self.concurrency)),
+                str(max(args.warmup_n, 2 * self.concurrency)),
                 "--max-seconds",
                 str(args.max_seconds),
-                "--malloc-tuning",
-                args.malloc_tuning,
+                *self.policy.role_args(),
             ],
             f"client[c={self.concurrency}]",
             args.client_cpus_set,
@@ -655,6 +752,9 @@ class ServiceArm:
         out["client_hwm"] = result["hwm"]
         return out
 
+    def rss_mb(self) -> float:
+        return proc_status(self.server.pid)["VmRSS"] / 2**20
+
     def finish(self) -> dict:
         metrics1 = self.server.scrape()
         steps = {}
@@ -667,6 +767,7 @@ class ServiceArm:
         self.client.close()
         self.server.stop()
         return {
+            "policy": self.policy.name,
             "peak_rss_mb": hwm,
             "rss_ready_mb": self.rss_ready / 2**20,
             "server_steps": steps,
@@ -685,7 +786,7 @@ def verify(args, files: list[Path], log_path: Path) -> dict:
     payloads = build_requests(files)
     from imagesvc.v1 import image_service_pb2 as pb
 
-    server = Server(args.service_workers, log_path, args.malloc_tuning == "on")
+    server = Server(args.service_workers, log_path, args.policies[0])
     try:
         server.wait_ready(payloads[0])
         replies = [pb.ProcessImageResponse.FromString(b) for b in server.call_all(payloads)]
@@ -713,10 +814,14 @@ def verify(args, files: list[Path], log_path: Path) -> dict:
 
 def med(values):
     values = [v for v in values if v is not None and not math.isnan(v)]
+    import statistics
+
     return statistics.median(values) if values else float("nan")
 
 
 def environment() -> dict:
+    import platform
+
     import grpc
     import pyvips
 
@@ -753,28 +858,31 @@ def describe_layout(args) -> str:
     return f"pinned (floor and server on CPU {arm}; load generator on CPU {client})"
 
 
-def orchestrate(args) -> int:
-    from corpus import build as build_corpus  # bench/ is sys.path[0] when run as a script
+def arm_name(args, base: str, policy: Policy) -> str:
+    """The arm's name: its kind, and its policy when the run compares several."""
+    return base if len(args.policies) == 1 else f"{base} {policy.name}"
 
+
+def orchestrate(args, corpus_name: str, corpus_dir: Path) -> tuple[int, dict]:
+    """One whole run on one corpus; returns (exit status, summary by arm)."""
     started = time.monotonic()
-    if args.corpus is None:
-        args.corpus = BENCH_DIR / "corpus"
-        build_corpus(args.corpus, log=lambda s: print(s, flush=True))
-    args.corpus = args.corpus.resolve()
+    args.corpus = corpus_dir.resolve()
     files = corpus_files(args.corpus)
     results_dir = args.results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if len(args.corpora) > 1:
+        stamp += f"-{corpus_name}"
     log_path = results_dir / f"server-{stamp}.log"
-    if args.warmup is None:
-        args.warmup = len(files)
+    warmup = len(files) if args.warmup is None else args.warmup
+    args.warmup_n = warmup
     env = environment()
     total_mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"corpus: {len(files)} JPEGs, {total_mb:.1f} MB, {args.corpus}")
+    print(f"\n=== corpus {corpus_name}: {len(files)} JPEGs, {total_mb:.1f} MB, {args.corpus}")
     print(
         f"workers={args.workers} (service {args.service_workers})  n={args.n} per burst  "
-        f"rounds={args.rounds}  warmup={args.warmup}  concurrency={args.concurrency}  "
-        f"malloc tuning={args.malloc_tuning} (all arms)  "
+        f"rounds={args.rounds}  warmup={warmup}  concurrency={args.concurrency}  "
+        f"malloc policies: {', '.join(p.name for p in args.policies)} (every process alike)  "
         f"cpus={env['cpus_usable']} ({env['cpu_model']})",
         flush=True,
     )
@@ -791,12 +899,15 @@ def orchestrate(args) -> int:
 
     probe = build_requests(files[:1])[0]
     arms: list = []
+    floors: dict[Policy, object] = {}
     try:
-        arms.append(FloorArm(args, 1, args.workers))
-        for conc in args.concurrency:
-            arms.append(ServiceArm(args, conc, log_path))
-        if args.floor_procs > 0:
-            arms.append(FloorArm(args, args.floor_procs, 1, per_process=True))
+        for policy in args.policies:
+            floors[policy] = FloorArm(args, policy, 1, args.workers)
+            arms.append(floors[policy])
+            for conc in args.concurrency:
+                arms.append(ServiceArm(args, policy, conc, log_path))
+            if args.floor_procs > 0:
+                arms.append(FloorArm(args, policy, args.floor_procs, 1, per_process=True))
         for arm in arms:  # start-up and warm-up, one arm at a time
             arm.ready(probe) if arm.kind == "service" else arm.ready()
 
@@ -820,16 +931,34 @@ def orchestrate(args) -> int:
                 f"(most other cores {noisy:.2f})",
                 flush=True,
             )
+        # Every process idles together: the server's periodic malloc_trim runs in that time.
+        end_rss = {arm.name: arm.rss_mb() for arm in arms}
+        if args.idle_s > 0:
+            print(f"idle for {args.idle_s:.0f} s ...", flush=True)
+            time.sleep(args.idle_s)
+        idle_rss = {arm.name: arm.rss_mb() for arm in arms}
         finals = {arm.name: arm.finish() for arm in arms}
     finally:
         for arm in arms:
             arm.kill()
 
-    floor_name = arms[0].name
-    floor_bursts = bursts_by_arm[floor_name]
+    reference = arms[0].name  # the first policy's one-process floor
 
     def quiet(burst: dict) -> bool:
         return burst["other_cores"] <= args.noise_limit
+
+    def ratios_to(bs: list[dict], floor_bursts: list[dict]) -> dict:
+        pairs = [
+            (b["img_s"] / f["img_s"], quiet(b) and quiet(f))
+            for b, f in zip(bs, floor_bursts, strict=True)
+            if f["img_s"] > 0
+        ]
+        ratios = [r for r, ok in pairs if ok] or [r for r, _ in pairs]
+        return {
+            "ratio": med(ratios),
+            "per_round": [round(r, 4) for r, _ in pairs],
+            "quartiles": [percentile(ratios, 0.25), percentile(ratios, 0.75)],
+        }
 
     summary = {}
     for arm in arms:
@@ -837,6 +966,7 @@ def orchestrate(args) -> int:
         used = [b for b in bs if quiet(b)] or bs
         images = sum(b["n"] for b in used)
         lat = [v for b in used for v in b["latencies"]]
+        floor = floors[arm.policy]
         row = {
             "bursts": len(bs),
             "bursts_quiet": sum(quiet(b) for b in bs),
@@ -847,19 +977,20 @@ def orchestrate(args) -> int:
             "cpu_ms_per_img": sum(b["cpu_s"] for b in used) / max(images, 1) * 1e3,
             "errors": sum(b["errors"] for b in bs),
             "other_cores_max": max(b["other_cores"] for b in bs),
+            "end_rss_mb": end_rss[arm.name],
+            "idle_rss_mb": idle_rss[arm.name],
             **finals[arm.name],
         }
-        if arm is not arms[0]:
-            pairs = [
-                (b["img_s"] / f["img_s"], quiet(b) and quiet(f))
-                for b, f in zip(bs, floor_bursts, strict=True)
-                if f["img_s"] > 0
-            ]
-            ratios = [r for r, ok in pairs if ok] or [r for r, _ in pairs]
-            row["ratio"] = med(ratios)
-            row["ratio_per_round"] = [round(r, 4) for r, _ in pairs]
-            row["ratio_quartiles"] = [percentile(ratios, 0.25), percentile(ratios, 0.75)]
-            row["rss_ratio"] = row["peak_rss_mb"] / finals[floor_name]["peak_rss_mb"]
+        if arm is not floor:  # against the floor of the same policy, as every arm before
+            same = ratios_to(bs, bursts_by_arm[floor.name])
+            row["ratio"] = same["ratio"]
+            row["ratio_per_round"] = same["per_round"]
+            row["ratio_quartiles"] = same["quartiles"]
+            row["rss_ratio"] = row["peak_rss_mb"] / finals[floor.name]["peak_rss_mb"]
+        if arm.name != reference:  # against the first policy's floor: the policy's own effect
+            ref = ratios_to(bs, bursts_by_arm[reference])
+            row["vs_reference"] = ref["ratio"]
+            row["vs_reference_quartiles"] = ref["quartiles"]
         if arm.kind == "service":
             row["server_cpu_ms_per_img"] = (
                 sum(b["server_cpu_s"] for b in used) / max(images, 1) * 1e3
@@ -872,40 +1003,51 @@ def orchestrate(args) -> int:
 
     print()
     print(
-        f"medians over {args.rounds} rounds of one {args.n}-image burst per arm "
-        f"({args.service_workers} service workers, {args.workers} floor threads)"
+        f"corpus {corpus_name}: medians over {args.rounds} rounds of one {args.n}-image burst "
+        f"per arm ({args.service_workers} service workers, {args.workers} floor threads)"
     )
+    width = max(14, *(len(name) for name in summary))
     header = (
-        f"{'arm':<14} {'img/s':>7} {'ratio':>6} {'ratio IQR':>11} {'p50 ms':>7} {'p95 ms':>7} "
-        f"{'cpu ms/img':>10} {'peak RSS MB':>11} {'quiet':>6}"
+        f"{'arm':<{width}} {'img/s':>7} {'ratio':>6} {'ratio IQR':>11} {'vs ref':>6} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'cpu ms/img':>10} {'peak RSS MB':>11} "
+        f"{'idle RSS MB':>11} {'quiet':>6}"
     )
     print(header)
     print("-" * len(header))
     for name, row in summary.items():
         ratio = f"{row['ratio']:.3f}" if "ratio" in row else ""
         iqr = "%.3f-%.3f" % tuple(row["ratio_quartiles"]) if "ratio" in row else ""
+        vs_ref = f"{row['vs_reference']:.3f}" if "vs_reference" in row else ""
         print(
-            f"{name:<14} {row['img_s']:7.2f} {ratio:>6} {iqr:>11} {row['p50_ms']:7.1f} "
-            f"{row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} {row['peak_rss_mb']:11.1f} "
+            f"{name:<{width}} {row['img_s']:7.2f} {ratio:>6} {iqr:>11} {vs_ref:>6} "
+            f"{row['p50_ms']:7.1f} {row['p95_ms']:7.1f} {row['cpu_ms_per_img']:10.1f} "
+            f"{row['peak_rss_mb']:11.1f} {row['idle_rss_mb']:11.1f} "
             f"{row['bursts_quiet']:>3}/{row['bursts']}"
         )
     print(
-        f"ratio = median over rounds of (arm img/s / {floor_name} img/s in the same round); "
-        "target >= 0.90 for the service at concurrency 2-4. cpu = all the arm's processes "
-        "(service: server + client). quiet = bursts during which other processes used <= "
-        f"{args.noise_limit} cores; only those count when there are any."
+        "ratio = median over rounds of (arm img/s / img/s of the one-process floor of the same "
+        "policy in the same round); target >= 0.90 for the service at concurrency 2-4. vs ref = the "
+        f"same against {reference}. cpu = all the arm's processes (service: server + client). "
+        f"idle RSS = VmRSS after the rounds and {args.idle_s:.0f} s idle. quiet = bursts during "
+        f"which other processes used <= {args.noise_limit} cores; only those count when there "
+        "are any."
+    )
+    floor_loaded = finals[reference]["rss_loaded_mb"] - finals[reference]["rss_base_mb"]
+    print(
+        f"the floor processes hold the corpus ({floor_loaded:.1f} MB of RSS); the server holds "
+        "only the requests in flight"
     )
     loaded = [
         r["ratio"]
         for n, r in summary.items()
-        if n.startswith("service c") and 2 <= int(n.removeprefix("service c")) <= 4
+        if n.startswith("service c") and 2 <= int(n.split()[1].removeprefix("c")) <= 4
     ]
     if loaded:
         print(f"B1: lowest service ratio at concurrency 2-4: {min(loaded):.3f} (target >= 0.90)")
     if "service c1" in summary:
-        overhead = summary["service c1"]["p50_ms"] - summary[floor_name]["p50_ms"]
+        overhead = summary["service c1"]["p50_ms"] - summary[reference]["p50_ms"]
         print(
-            f"p50 latency overhead at concurrency 1 (service c1 round trip - {floor_name} "
+            f"p50 latency overhead at concurrency 1 (service c1 round trip - {reference} "
             f"processing time): {overhead:+.1f} ms (target <= +3 ms)"
         )
     noisy = [n for n, r in summary.items() if r["bursts_quiet"] == 0]
@@ -915,9 +1057,9 @@ def orchestrate(args) -> int:
             "figures with care"
         )
     print(
-        "peak RSS / floor peak RSS: "
+        "peak RSS / floor peak RSS (same policy): "
         + ", ".join(f"{n} {r['rss_ratio']:.2f}" for n, r in summary.items() if "rss_ratio" in r)
-        + "  (B10 target <= 1.5)"
+        + "  (B10 target <= 1.5; goal of issue 7: <= 1.0)"
     )
     for name, row in summary.items():
         if "server_steps" in row:
@@ -939,18 +1081,22 @@ def orchestrate(args) -> int:
         "config": {
             "n_per_burst": args.n,
             "rounds": args.rounds,
-            "warmup": args.warmup,
+            "warmup": warmup,
             "noise_limit": args.noise_limit,
             "concurrency": args.concurrency,
             "workers": args.workers,
             "service_workers": args.service_workers,
             "floor_procs": args.floor_procs,
-            "malloc_tuning": args.malloc_tuning,
+            "policies": [p.name for p in args.policies],
+            "malloc_tuning": "on" if args.policies[0].tuning else "off",
+            "arena_max": args.policies[0].arena_max,
+            "idle_s": args.idle_s,
             "layout": args.layout if args.arm_cpus is not None else "shared",
             "arm_cpus": sorted(args.arm_cpus) if args.arm_cpus is not None else None,
             "client_cpus": (
                 sorted(args.client_cpus_set) if args.client_cpus_set is not None else None
             ),
+            "corpus_name": corpus_name,
             "corpus": str(args.corpus),
             "corpus_files": [p.name for p in files],
             "corpus_mb": total_mb,
@@ -970,7 +1116,21 @@ def orchestrate(args) -> int:
         f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} "
         f"({out['elapsed_s']:.0f} s)"
     )
-    return 1 if check["mismatches"] or errors else 0
+    return (1 if check["mismatches"] or errors else 0), summary
+
+
+def print_memory_table(results: dict[str, dict]) -> None:
+    """Peak and idle RSS of every arm on every corpus, next to its throughput ratio."""
+    print("\nmemory by corpus (MB; ratio = vs the one-process floor of the same policy)")
+    width = max(len(name) for summary in results.values() for name in summary)
+    print(f"{'corpus':<12} {'arm':<{width}} {'peak RSS':>8} {'idle RSS':>8} {'ratio':>6}")
+    for corpus_name, summary in results.items():
+        for name, row in summary.items():
+            ratio = f"{row['ratio']:.3f}" if "ratio" in row else ""
+            print(
+                f"{corpus_name:<12} {name:<{width}} {row['peak_rss_mb']:8.1f} "
+                f"{row['idle_rss_mb']:8.1f} {ratio:>6}"
+            )
 
 
 def default_workers() -> int:
@@ -997,7 +1157,11 @@ def main() -> int:
         "--client-cpus", type=int, default=1, help="CPUs reserved for the load generator (1)"
     )
     parser.add_argument(
-        "--corpus", type=Path, default=None, help="folder of JPEGs (default: build bench/corpus/)"
+        "--corpus",
+        default="synthetic",
+        help="corpora, comma-separated, run one after another: synthetic (bench/corpus.py), "
+        "photos, photos-12mp (bench/photos.py; built on first use), or folders of JPEGs "
+        "(default: synthetic)",
     )
     parser.add_argument(
         "--workers",
@@ -1034,8 +1198,30 @@ def main() -> int:
     parser.add_argument(
         "--malloc-tuning",
         choices=("on", "off"),
-        default="on",
-        help="the service's glibc malloc policy (imagesvc.memory), applied to every arm alike",
+        default=None,
+        help="imagesvc.memory's fixed malloc thresholds (IMAGESVC_MALLOC_TUNING), in every "
+        "process alike (default: the service's default)",
+    )
+    parser.add_argument(
+        "--arena-max",
+        type=int,
+        default=None,
+        help="glibc malloc arenas (IMAGESVC_MALLOC_ARENA_MAX, mallopt M_ARENA_MAX), in every "
+        "process alike; 0: glibc's default (default: the service's default)",
+    )
+    parser.add_argument(
+        "--policies",
+        default=None,
+        help="compare malloc policies in one run: comma-separated, each glibc or arenaN, "
+        "optionally +tuning (e.g. glibc+tuning,arena1,arena2+tuning); one floor and one set of "
+        "service arms per policy, all interleaved. Overrides --arena-max and --malloc-tuning",
+    )
+    parser.add_argument(
+        "--idle-s",
+        type=float,
+        default=11.0,
+        help="idle time after the rounds before the idle RSS is read (default 11: past one "
+        "periodic malloc_trim of the service)",
     )
     # internal roles
     parser.add_argument("--role", choices=("floor", "client"), help=argparse.SUPPRESS)
@@ -1043,10 +1229,12 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.role is not None and args.malloc_tuning == "on":
-        from imagesvc.memory import tune_malloc  # light: the floor stays a pyvips-only process
+    if args.role is not None:
+        # Before pyvips or grpc start any thread. Light: the floor stays a pyvips-only process.
+        from imagesvc.memory import apply_policy
 
-        tune_malloc()
+        apply_policy(args.arena_max or 0, args.malloc_tuning == "on")
+        args.corpus = Path(args.corpus)
     if args.role == "floor":
         role_floor(args)
         return 0
@@ -1066,7 +1254,28 @@ def main() -> int:
         args.floor_procs = args.workers if args.workers > 1 else 0
     if args.n < 1 or args.rounds < 1 or not args.concurrency or min(args.concurrency) < 1:
         parser.error("--n, --rounds and every concurrency must be >= 1")
-    return orchestrate(args)
+    try:
+        if args.policies:
+            args.policies = [parse_policy(p) for p in args.policies.split(",") if p.strip()]
+        else:
+            default = service_default_policy()
+            arenas = default.arena_max if args.arena_max is None else args.arena_max
+            tuning = default.tuning if args.malloc_tuning is None else args.malloc_tuning == "on"
+            args.policies = [Policy(max(arenas, 0), tuning)]
+    except ValueError as error:
+        parser.error(str(error))
+    if len(set(args.policies)) != len(args.policies):
+        parser.error("--policies: each policy once")
+    args.corpora = [c.strip() for c in args.corpus.split(",") if c.strip()]
+    status, results = 0, {}
+    for spec in args.corpora:
+        name, folder = resolve_corpus(spec)
+        if name in results:  # two folders of the same name
+            name = f"{name}-{len(results) + 1}"
+        rc, results[name] = orchestrate(args, name, folder)
+        status = max(status, rc)
+    print_memory_table(results)
+    return status
 
 
 if __name__ == "__main__":

@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     health_poll_s: float = Field(
         5.0, gt=0, description="How often Triton readiness is polled for health and metrics."
     )
+    malloc_arena_max: int = Field(
+        1,
+        ge=0,
+        description="Most glibc malloc arenas, set at start (mallopt M_ARENA_MAX; see Memory); "
+        "0: glibc's default (8 per CPU). MALLOC_ARENA_MAX, when set, wins.",
+    )
     malloc_tuning: bool = Field(
         True,
         description="Keep freed large blocks in glibc malloc for the next request (see Memory).",

@@ -43,9 +43,73 @@ def test_glibc_environment_variables_win():
 
 def test_a_refused_setting_is_reported():
     assert memory.tune_malloc(FakeLibc(answer=0), environ={}) is False
+    assert memory.limit_arenas(1, FakeLibc(answer=0), environ={}) is False
 
 
-def run_isolated(code: str, env_tuning: bool) -> dict:
+def test_glibc_tunables_win_too():
+    libc = FakeLibc()
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=4:glibc.malloc.trim_threshold=0"}
+    assert memory.tune_malloc(libc, environ=tunables) is False
+    assert memory.limit_arenas(1, libc, environ=tunables) is False
+    assert libc.calls == []
+    other = {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"}
+    assert memory.limit_arenas(1, libc, environ=other) is True
+
+
+def test_limit_arenas_sets_m_arena_max():
+    libc = FakeLibc()
+    assert memory.limit_arenas(2, libc, environ={}) is True
+    assert libc.calls == [(memory.M_ARENA_MAX, 2)]
+    assert memory.M_ARENA_MAX == -8  # glibc's <malloc.h>
+
+
+def test_zero_arenas_keeps_glibc_default_and_the_variable_wins():
+    libc = FakeLibc()
+    assert memory.limit_arenas(0, libc, environ={}) is False
+    assert memory.limit_arenas(1, libc, environ={"MALLOC_ARENA_MAX": "4"}) is False
+    assert libc.calls == []
+
+
+def test_apply_policy_reports_what_it_applied():
+    libc = FakeLibc()
+    assert memory.apply_policy(1, False, libc, environ={}) == {"arena_max": 1}
+    assert libc.calls == [(memory.M_ARENA_MAX, 1)]
+    libc = FakeLibc()
+    applied = memory.apply_policy(0, True, libc, environ={})
+    assert applied == {
+        "mmap_threshold": memory.MMAP_THRESHOLD_BYTES,
+        "trim_threshold": memory.TRIM_THRESHOLD_BYTES,
+    }
+    assert memory.M_ARENA_MAX not in dict(libc.calls)
+    assert memory.apply_policy(2, True, FakeLibc(), environ={"MALLOC_ARENA_MAX": "1"}) == applied
+
+
+def test_the_service_default_is_the_settings_default():
+    from imagesvc.settings import Settings
+
+    fields = Settings.model_fields
+    assert fields["malloc_arena_max"].default == memory.DEFAULT_ARENA_MAX
+    assert fields["malloc_tuning"].default is memory.DEFAULT_THRESHOLDS
+
+
+def test_the_server_applies_the_policy_from_its_settings_before_serving(monkeypatch):
+    from imagesvc.server import app
+
+    calls = []
+    monkeypatch.setenv("IMAGESVC_MALLOC_ARENA_MAX", "3")
+    monkeypatch.setenv("IMAGESVC_MALLOC_TUNING", "false")
+    monkeypatch.setattr(app.imagesvc_logging, "configure", lambda *a: None)
+    monkeypatch.setattr(app.memory, "apply_policy", lambda *a: calls.append(("policy", a)) or {})
+
+    async def serve(settings):
+        calls.append(("serve",))
+
+    monkeypatch.setattr(app, "serve", serve)
+    app.main()
+    assert calls == [("policy", (3, False)), ("serve",)]
+
+
+def run_isolated(code: str, env_tuning: bool, env: dict[str, str] | None = None) -> dict:
     """Run ``code`` in a fresh interpreter (malloc state is per process); it prints JSON."""
     prelude = textwrap.dedent(
         """
@@ -68,7 +132,7 @@ def run_isolated(code: str, env_tuning: bool) -> dict:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -110,6 +174,62 @@ kept = rss_mb()
 released = memory.trim()
 print(json.dumps({"kept": kept, "after": rss_mb(), "released": released}))
 """
+
+
+ARENAS = """
+import ctypes, os, re, tempfile, threading
+
+def arenas():
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    stream = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    with open(path) as fh:
+        text = fh.read()
+    os.unlink(path)
+    return len(re.findall(r'<heap nr="[0-9]+">', text))
+
+applied = memory.limit_arenas(ARENA_MAX)
+# Eight threads allocating at the same time: glibc gives each its own arena, up to the cap.
+barrier = threading.Barrier(8)
+kept = []
+
+def work():
+    barrier.wait()
+    kept.append([bytearray(200_000) for _ in range(20)])
+    barrier.wait()
+
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"applied": applied, "arenas": arenas()}))
+"""
+
+
+def arena_run(arena_max: int, env: dict[str, str] | None = None) -> dict:
+    code = ARENAS.replace("ARENA_MAX", str(arena_max))
+    return run_isolated(code, env_tuning=False, env=env)
+
+
+def test_the_arena_cap_holds_for_threads_started_after_it():
+    default = arena_run(0)
+    capped = arena_run(1)
+    assert default["applied"] is False and default["arenas"] > 1
+    assert capped["applied"] is True and capped["arenas"] == 1
+
+
+def test_malloc_arena_max_in_the_environment_wins_over_the_setting():
+    result = arena_run(1, env={"MALLOC_ARENA_MAX": "3"})
+    assert result["applied"] is False
+    assert 1 < result["arenas"] <= 3
 
 
 def test_trim_hands_kept_memory_back():

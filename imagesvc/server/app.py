@@ -38,7 +38,6 @@ from imagesvc.server.health import HealthReporter, HealthServicer
 from imagesvc.server.interceptors import ServerInterceptor
 from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
-from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 from inference.client import FaceDetector
@@ -80,6 +79,9 @@ def build_metrics(settings: Settings, registry: CollectorRegistry | None) -> Met
     }
     prometheus = PrometheusMetrics(registry, workers=settings.workers, info=info)
     if settings.dogstatsd_enabled:
+        # Imported only here: the datadog package brings requests and urllib3 (~6 MB of RSS).
+        from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
+
         return FanOutMetrics(prometheus, DogStatsdMetrics(settings.dogstatsd_namespace))
     return prometheus
 
@@ -226,13 +228,11 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     imagesvc_logging.configure(settings.log_level, settings.log_format)
-    # A process-wide choice, so it is made here (before any thread starts), not in start().
-    if settings.malloc_tuning and memory.tune_malloc():
-        log.info(
-            "malloc_tuned",
-            mmap_threshold=memory.MMAP_THRESHOLD_BYTES,
-            trim_threshold=memory.TRIM_THRESHOLD_BYTES,
-        )
+    # A process-wide choice, so it is made here (before the gRPC, libvips and worker threads
+    # start: a thread keeps the malloc arena it was given), not in start().
+    applied = memory.apply_policy(settings.malloc_arena_max, settings.malloc_tuning)
+    if applied:
+        log.info("malloc_tuned", **applied)
     try:
         asyncio.run(serve(settings))
     except StartError as error:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.images import from_array
 
@@ -104,3 +105,80 @@ def test_transport_benchmark_runs_both_malloc_policies(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("repeat 1")]
     assert len(rows) == 2
     assert all("errors 0" in row for row in rows)
+
+
+def bench_module(name: str):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_malloc_policies_parse_and_map_to_the_service_settings():
+    throughput = bench_module("throughput")
+    policy = throughput.parse_policy("arena1+tuning")
+    assert (policy.arena_max, policy.tuning, policy.name) == (1, True, "arena1+tuning")
+    assert policy.role_args() == ["--arena-max", "1", "--malloc-tuning", "on"]
+    assert policy.server_env() == {
+        "IMAGESVC_MALLOC_ARENA_MAX": "1",
+        "IMAGESVC_MALLOC_TUNING": "true",
+    }
+    glibc = throughput.parse_policy("glibc")
+    assert (glibc.arena_max, glibc.tuning, glibc.name) == (0, False, "glibc")
+    for bad in ("arena0", "arena", "tuning", "glibc+fast", "arenax"):
+        with pytest.raises(ValueError):
+            throughput.parse_policy(bad)
+    # Without --policies the benchmark runs the service's own default.
+    from imagesvc import memory
+
+    default = throughput.service_default_policy()
+    assert (default.arena_max, default.tuning) == (
+        memory.DEFAULT_ARENA_MAX,
+        memory.DEFAULT_THRESHOLDS,
+    )
+
+
+def test_several_corpora_and_policies_report_peak_and_idle_rss(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = small_corpus(tmp_path / "a")
+    second = small_corpus(tmp_path / "b")
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--corpus", f"{first},{second}"]
+        + ["--rounds", "1", "--n", "2", "--concurrency", "2", "--floor-procs", "0"]
+        + ["--policies", "glibc,arena1+tuning", "--idle-s", "0.5"]
+        + ["--results-dir", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("throughput-*.json"))]
+    assert len(records) == 2
+    for record in records:
+        assert record["config"]["policies"] == ["glibc", "arena1+tuning"]
+        summary = record["summary"]
+        floor = summary[f"floor {record['config']['workers']}thr glibc"]
+        service = summary["service c2 arena1+tuning"]
+        assert service["policy"] == "arena1+tuning" and floor["policy"] == "glibc"
+        for row in (floor, service):
+            assert row["peak_rss_mb"] > 0 and row["idle_rss_mb"] > 0
+        assert service["ratio"] > 0 and service["vs_reference"] > 0
+        assert floor["rss_loaded_mb"] >= floor["rss_base_mb"] > 0
+    assert "memory by corpus" in done.stdout
+    assert done.stdout.count("service c2 arena1+tuning") >= 4
+
+
+def test_the_photo_corpus_is_deterministic(tmp_path):
+    photos = bench_module("photos")
+    one = photos.build("photos", tmp_path / "one", log=lambda line: None)
+    two = photos.build("photos", tmp_path / "two", log=lambda line: None)
+    assert len(one) == len(photos.PHOTOS) == 20
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    # A second build reuses what is there.
+    before = {p: p.stat().st_mtime_ns for p in one}
+    assert photos.build("photos", tmp_path / "one", log=lambda line: None) == one
+    assert {p: p.stat().st_mtime_ns for p in one} == before

@@ -285,7 +285,7 @@ def test_app_container_contract(rendered, target):
         "IMAGESVC_TRITON_URL": "127.0.0.1:8001",
         "IMAGESVC_LOG_FORMAT": "json",
         "VIPS_CONCURRENCY": "1",
-        "MALLOC_ARENA_MAX": "2",
+        "MALLOC_ARENA_MAX": "1",
         "TMPDIR": "/tmp",
     }
     assert {k: env.get(k, {}).get("value") for k in expected} == expected
