@@ -84,10 +84,11 @@ class Header:
     # Image.new_from_buffer makes, and a reopen at a reduced size reuses them.
     source: pyvips.Source
     load_options: dict[str, str]
+    size: tuple[int, int]  # stored width, height (read once: each libvips property read costs)
 
     @property
     def oriented_size(self) -> tuple[int, int]:
-        w, h = self.image.width, self.image.height
+        w, h = self.size
         return (h, w) if self.orientation >= 5 else (w, h)
 
 
@@ -108,18 +109,18 @@ def open_header(data: SourceBytes, settings: Settings) -> Header:
         image = vips.load(source, **options)
     except pyvips.Error as error:
         raise vips.classify(error, "load") from error
-    pixels = image.width * image.height
-    if pixels > settings.max_src_pixels:
+    width, height = image.width, image.height
+    if width * height > settings.max_src_pixels:
         raise ImageTooLarge(
-            f"source is {image.width}x{image.height} ({pixels / 1e6:.1f} MP), over the "
+            f"source is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
             f"{settings.max_src_resolution_mp:g} MP limit",
             metadata={
-                "width": str(image.width),
-                "height": str(image.height),
+                "width": str(width),
+                "height": str(height),
                 "limit_megapixels": f"{settings.max_src_resolution_mp:g}",
             },
         )
-    return Header(image, fmt, auto_rotate.orientation_of(image), source, options)
+    return Header(image, fmt, auto_rotate.orientation_of(image), source, options, (width, height))
 
 
 def reopen_shrunk(header: Header, shrink: int) -> pyvips.Image:
@@ -180,7 +181,7 @@ def source_info(
 ) -> planning.SourceInfo:
     """What planning needs to know of the source, from its header alone."""
     image = vips.normalise(header.image)  # lazy: only its bands and sample format are read
-    stored = planning.Shape.of(image)
+    stored = planning.Shape(*header.size, image.bands, 2 if image.format == "ushort" else 1)
     turned = settings.auto_rotate and header.orientation != 1
     upright = stored.turned() if turned and header.orientation >= 5 else stored
     decoded = -(-stored.width // shrink) * -(-stored.height // shrink)
@@ -355,8 +356,7 @@ class Engine:
         if shrink > 1:
             image = reopen_shrunk(header, shrink)
         image = vips.normalise(image)
-        stored = (header.image.width, header.image.height)
-        src_w, src_h = header.oriented_size if self.settings.auto_rotate else stored
+        src_w, src_h = header.oriented_size if self.settings.auto_rotate else header.size
         ctx.source_size = (src_w, src_h)
         if self.settings.auto_rotate and header.orientation != 1:
             image = ctx.random_access(image).autorot()

@@ -239,7 +239,12 @@ def normalise(image: pyvips.Image) -> pyvips.Image:
     (Lab, XYZ, scRGB, ...) and sample formats (float, signed, 32-bit) are converted by libvips'
     colourspace and clipped to 8 bits. Lazy: nothing is computed here.
     """
-    interpretation = image.interpretation
+    interpretation, bands, band_format = image.interpretation, image.bands, image.format
+    if band_format in ("uchar", "ushort") and (
+        (interpretation in _COLOUR and bands in (3, 4))
+        or (interpretation in _GREY and bands in (1, 2))
+    ):
+        return image  # what every decoder gives for ordinary images: three property reads
     alpha = bool(image.hasalpha())
     if interpretation == "cmyk" and image.get_typeof("icc-profile-data"):
         image = image.icc_transform("srgb", embedded=True, intent="perceptual")
