@@ -92,6 +92,32 @@ def glibc() -> Any | None:
     return libc
 
 
+def _mallopt(
+    what: str,
+    settings: tuple[tuple[int, int], ...],
+    env_knobs: tuple[str, ...],
+    tunables: tuple[str, ...],
+    libc: Any | None,
+    environ: Mapping[str, str] | None,
+) -> bool:
+    """Apply ``settings`` (mallopt parameter, value) unless the operator set the same knobs in
+    the environment (glibc applied those already) or the C library is not glibc."""
+    environ = os.environ if environ is None else environ
+    overridden = _set_in_environment(environ, env_knobs, tunables)
+    if overridden:
+        _log().info(f"{what}_skipped", reason="set in the environment", variables=overridden)
+        return False
+    libc = glibc() if libc is None else libc
+    if libc is None:
+        _log().info(f"{what}_skipped", reason="not glibc")
+        return False
+    for param, value in settings:
+        if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
+            _log().warning("mallopt_refused", param=param, value=value)
+            return False
+    return True
+
+
 def limit_arenas(
     arena_max: int, libc: Any | None = None, environ: Mapping[str, str] | None = None
 ) -> bool:
@@ -103,19 +129,14 @@ def limit_arenas(
     """
     if arena_max <= 0:
         return False
-    environ = os.environ if environ is None else environ
-    overridden = _set_in_environment(environ, (ARENA_ENV_KNOB,), (ARENA_TUNABLE_KNOB,))
-    if overridden:
-        _log().info("malloc_arenas_skipped", reason="set in the environment", variables=overridden)
-        return False
-    libc = glibc() if libc is None else libc
-    if libc is None:
-        _log().info("malloc_arenas_skipped", reason="not glibc")
-        return False
-    if libc.mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(arena_max)) != 1:
-        _log().warning("mallopt_refused", param=M_ARENA_MAX, value=arena_max)
-        return False
-    return True
+    return _mallopt(
+        "malloc_arenas",
+        ((M_ARENA_MAX, arena_max),),
+        (ARENA_ENV_KNOB,),
+        (ARENA_TUNABLE_KNOB,),
+        libc,
+        environ,
+    )
 
 
 def tune_malloc(libc: Any | None = None, environ: Mapping[str, str] | None = None) -> bool:
@@ -124,25 +145,15 @@ def tune_malloc(libc: Any | None = None, environ: Mapping[str, str] | None = Non
     Call it early, before the worker threads start. Returns whether the policy was applied: not
     on a C library other than glibc, nor when the operator set glibc's own ``MALLOC_*_`` knobs.
     """
-    environ = os.environ if environ is None else environ
-    overridden = _set_in_environment(environ, GLIBC_ENV_KNOBS, GLIBC_TUNABLE_KNOBS)
-    if overridden:
-        _log().info("malloc_tuning_skipped", reason="set in the environment", variables=overridden)
-        return False
-    libc = glibc() if libc is None else libc
-    if libc is None:
-        _log().info("malloc_tuning_skipped", reason="not glibc")
-        return False
     # Any of these calls turns off glibc's adaptive thresholds, so all three are set together.
-    for param, value in (
+    thresholds = (
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
         (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
         (M_TOP_PAD, TOP_PAD_BYTES),
-    ):
-        if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
-            _log().warning("mallopt_refused", param=param, value=value)
-            return False
-    return True
+    )
+    return _mallopt(
+        "malloc_tuning", thresholds, GLIBC_ENV_KNOBS, GLIBC_TUNABLE_KNOBS, libc, environ
+    )
 
 
 def apply_policy(
