@@ -13,7 +13,8 @@ import pytest
 import pyvips
 
 from tests.images import from_array, jpeg, png, request, solid, textured
-from tests.test_engine import RedBlockDetector
+from tests.test_engine import RedBlockDetector, configured  # noqa: F401 (fixture)
+from tests.test_engine import make_engine as any_engine  # noqa: F401 (fixture)
 from imagesvc import vips
 from imagesvc.engine import Engine
 from imagesvc.errors import (
@@ -24,28 +25,13 @@ from imagesvc.errors import (
 )
 from imagesvc.ops import registry
 from imagesvc.options import parse_process_request
-from imagesvc.settings import Settings
-from imagesvc.telemetry.metrics import NullMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 
 
-@pytest.fixture(scope="module", autouse=True)
-def configured():
-    vips.configure(Settings())
-
-
 @pytest.fixture
-def make_engine():
-    engines = []
-
-    def make(**overrides) -> Engine:
-        engine = Engine(Settings(workers=1, **overrides), RedBlockDetector(), NullMetrics())
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.close()
+def make_engine(any_engine):  # noqa: F811 (the imported fixture, by name)
+    """Engines with one worker and a detector that finds red blocks (tests/test_engine.py)."""
+    return lambda **overrides: any_engine(RedBlockDetector(), workers=1, **overrides)
 
 
 async def process(engine: Engine, msg: pb.ProcessImageRequest):
