@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyvips
@@ -45,6 +46,8 @@ class StepContext:
     in_memory: bool = False
     objects: list[DetectedObject] | None = None  # None: detection has not run
     detection_failure: str | None = None  # reason when detection was unavailable
+    # Class weights from the detection models' classes files (object gravity's defaults).
+    class_weights: Mapping[str, float] = field(default_factory=dict)
     degradations: list[Degradation] = field(default_factory=list)
     cancelled: bool = False
     # The image every libvips computation of the request reads through right now (see watch).

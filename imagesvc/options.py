@@ -8,6 +8,7 @@ fixes a bad pipeline in one round trip.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -102,8 +103,43 @@ class SmartGravity:
 
 
 @dataclass(frozen=True, slots=True)
+class ProportionalPosition:
+    """Objects' centre at the same relative position in the crop as in the image (op:prop)."""
+
+
+ObjectsPosition = CompassGravity | FocusPointGravity | ProportionalPosition
+
+OBJECT_GRAVITY_MODES = ("max_score_area", "one_best", "one_best_centermost")
+_MODE_BY_ENUM = {
+    pb.OBJECT_GRAVITY_MODE_MAX_SCORE_AREA: "max_score_area",
+    pb.OBJECT_GRAVITY_MODE_ONE_BEST: "one_best",
+    pb.OBJECT_GRAVITY_MODE_ONE_BEST_CENTERMOST: "one_best_centermost",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClassWeights:
+    """Per-class weights of a request (objw). ``weight`` falls back to ``everything`` (the
+    "all" key), then to the model's classes file (``defaults``), then to 1."""
+
+    named: tuple[tuple[str, float], ...] = ()
+    everything: float | None = None
+
+    def weight(self, class_name: str, defaults: Mapping[str, float] | None = None) -> float:
+        for name, value in self.named:
+            if name == class_name:
+                return value
+        if self.everything is not None:
+            return self.everything
+        return (defaults or {}).get(class_name, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectGravity:
     classes: frozenset[str] | None  # None: every class
+    mode: str | None = None  # one of OBJECT_GRAVITY_MODES; None: the settings' mode
+    weights: ClassWeights = ClassWeights()
+    position: ObjectsPosition = CompassGravity()
 
 
 Gravity = CompassGravity | FocusPointGravity | SmartGravity | ObjectGravity
@@ -124,14 +160,58 @@ def parse_gravity(msg: pb.Gravity, path: str, pctx: ParseContext) -> Gravity:
     if kind == "compass":
         return parse_compass(msg.compass, f"{path}.compass", pctx)
     if kind == "focus_point":
-        fp = msg.focus_point
-        for name in ("x", "y"):
-            if not 0.0 <= getattr(fp, name) <= 1.0:
-                pctx.violations.add(f"{path}.focus_point.{name}", "must be within 0..1")
-        return FocusPointGravity(fp.x, fp.y)
+        return parse_focus_point(msg.focus_point, f"{path}.focus_point", pctx)
     if kind == "smart":
         return SmartGravity()
-    return ObjectGravity(parse_classes(msg.object.classes, f"{path}.object.classes", pctx))
+    obj = msg.object
+    return ObjectGravity(
+        parse_classes(obj.classes, f"{path}.object.classes", pctx),
+        parse_object_mode(obj.mode, f"{path}.object.mode", pctx),
+        parse_weights(obj.weights, f"{path}.object.weights", pctx),
+        parse_objects_position(obj.position, f"{path}.object.position", pctx),
+    )
+
+
+def parse_object_mode(value: int, path: str, pctx: ParseContext) -> str | None:
+    if value == pb.OBJECT_GRAVITY_MODE_UNSPECIFIED:
+        return None
+    if value not in _MODE_BY_ENUM:
+        pctx.violations.add(path, f"unknown object gravity mode {value}")
+        return None
+    return _MODE_BY_ENUM[value]
+
+
+def parse_weights(weights: Mapping[str, float], path: str, pctx: ParseContext) -> ClassWeights:
+    named, everything = [], None
+    for raw_name, value in sorted(weights.items()):
+        name = raw_name.strip().lower()
+        if name != ALL_CLASSES and name not in pctx.known_classes:
+            known = ", ".join(sorted(pctx.known_classes | {ALL_CLASSES}))
+            pctx.violations.add(f"{path}[{raw_name}]", f"unknown class {name!r}; known: {known}")
+        check_range(pctx, f"{path}[{raw_name}]", value, 0, 1000, low_open=True)
+        if name == ALL_CLASSES:
+            everything = value
+        else:
+            named.append((name, value))
+    return ClassWeights(tuple(named), everything)
+
+
+def parse_objects_position(msg: pb.ObjectsPosition, path: str, pctx: ParseContext):
+    kind = msg.WhichOneof("kind")
+    if kind == "compass":
+        return parse_compass(msg.compass, f"{path}.compass", pctx)
+    if kind == "focus_point":
+        return parse_focus_point(msg.focus_point, f"{path}.focus_point", pctx)
+    if kind == "proportional":
+        return ProportionalPosition()
+    return CENTER
+
+
+def parse_focus_point(fp: pb.FocusPoint, path: str, pctx: ParseContext) -> FocusPointGravity:
+    for name in ("x", "y"):
+        if not 0.0 <= getattr(fp, name) <= 1.0:
+            pctx.violations.add(f"{path}.{name}", "must be within 0..1")
+    return FocusPointGravity(fp.x, fp.y)
 
 
 def parse_classes(classes: Any, path: str, pctx: ParseContext) -> frozenset[str] | None:
@@ -165,7 +245,13 @@ def non_finite_fields(msg: Message, path: str) -> list[str]:
             ]
         elif descriptor.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
             if descriptor.message_type.GetOptions().map_entry:
-                continue  # no maps with float values in the API
+                mapped = descriptor.message_type.fields_by_name["value"]
+                if mapped.cpp_type in _FLOAT_TYPES:  # e.g. weights: {"face": 2.0}
+                    found += [f"{name}[{k}]" for k, v in value.items() if not math.isfinite(v)]
+                elif mapped.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+                    for k, item in value.items():
+                        found += non_finite_fields(item, f"{name}[{k}]")
+                continue
             items = enumerate(value) if repeated else ((None, value),)
             for i, item in items:
                 found += non_finite_fields(item, name if i is None else f"{name}[{i}]")
@@ -215,6 +301,20 @@ class ProcessRequest:
     @property
     def needs_detections(self) -> bool:
         return any(op.spec.needs_detections(op.options) for p in self.pipelines for op in p)
+
+    @property
+    def detection_classes(self) -> frozenset[str] | None:
+        """The classes the request's steps need detected; None: every class (or none needed:
+        ask needs_detections)."""
+        wanted: set[str] = set()
+        for pipeline in self.pipelines:
+            for op in pipeline:
+                if op.spec.needs_detections(op.options):
+                    classes = op.spec.detection_classes(op.options)
+                    if classes is None:
+                        return None
+                    wanted |= classes
+        return frozenset(wanted) if wanted else None
 
 
 def parse_source(

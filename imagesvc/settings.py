@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -157,6 +157,15 @@ class Settings(BaseSettings):
     detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
     detection_max_side: int = Field(
         512, ge=64, description="Long side of the downscaled copy sent to the detector."
+    )
+    object_gravity_mode: Literal["max_score_area", "one_best", "one_best_centermost"] = Field(
+        "max_score_area",
+        description="What object gravity and crop_objects keep when a request names no mode "
+        "(imgproxy Pro IMGPROXY_OBJECT_DETECTION_GRAVITY_MODE; see Object gravity).",
+    )
+    object_detection_fallback_to_smart_crop: bool = Field(
+        True,
+        description="Object gravity that finds no object crops like smart gravity; false: centre.",
     )
     health_poll_s: float = Field(
         5.0, gt=0, description="How often Triton readiness is polled for health and metrics."

@@ -211,10 +211,17 @@ def _float_field_paths(descriptor, prefix=()):
     """Every float/double field reachable from a message type, as a tuple of field names."""
     from google.protobuf.descriptor import FieldDescriptor
 
+    floats = (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT)
     for field in descriptor.fields:
-        if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        if field.cpp_type in floats:
             yield (*prefix, field.name)
-        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and len(prefix) < 4:
+        elif (
+            field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE
+            and field.message_type.GetOptions().map_entry
+        ):
+            if field.message_type.fields_by_name["value"].cpp_type in floats:
+                yield (*prefix, f"{field.name}[face]")  # a map: one entry, keyed by a known class
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and len(prefix) < 6:
             yield from _float_field_paths(field.message_type, (*prefix, field.name))
 
 
@@ -232,6 +239,10 @@ def test_the_walk_finds_the_float_fields_the_api_has():
         "blur_detections.sigma",
         "sharpen.sigma",
         "resize.gravity.focus_point.y",
+        "resize.gravity.object.weights[face]",
+        "resize.gravity.object.position.compass.x_offset",
+        "crop_objects.padding",
+        "crop_objects.weights[face]",
     } <= names
 
 
@@ -242,7 +253,10 @@ def test_every_float_field_rejects_non_finite_values(settings, path, value):
     message = operation
     for name in path[:-1]:
         message = getattr(message, name)
-    setattr(message, path[-1], value)
+    if path[-1].endswith("[face]"):
+        getattr(message, path[-1].removesuffix("[face]"))["face"] = value
+    else:
+        setattr(message, path[-1], value)
     found = violations(request([operation]), settings)
     field = "pipelines[0].operations[0]." + ".".join(path)
     assert found.get(field) == "must be a finite number", found

@@ -36,6 +36,10 @@ def needs_detections(opts: CropOptions) -> bool:
     return isinstance(opts.gravity, ObjectGravity)
 
 
+def detection_classes(opts: CropOptions) -> frozenset[str] | None:
+    return opts.gravity.classes if isinstance(opts.gravity, ObjectGravity) else None
+
+
 def crop_size(side: int, requested: float) -> int:
     if requested <= 0:
         return side

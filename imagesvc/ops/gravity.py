@@ -8,8 +8,10 @@ import math
 import pyvips
 
 from imagesvc.context import StepContext
+from imagesvc.objects import placement
 from imagesvc.planning import Shape, costs
 from imagesvc.options import (
+    CENTER,
     CompassGravity,
     FocusPointGravity,
     Gravity,
@@ -74,8 +76,10 @@ def crop_position(
 ) -> tuple[pyvips.Image, int, int]:
     """Place the crop; returns the image (possibly made random-access) and the top-left corner.
 
-    Object gravity centres the crop on the union of the matching detections; with none found it
-    falls back to smart gravity, and when detection was unavailable it says so as a degradation.
+    Object gravity places the crop by its mode, weights and objects position
+    (`imagesvc.objects.placement`); with nothing found it falls back to smart gravity (or centre,
+    by IMAGESVC_OBJECT_DETECTION_FALLBACK_TO_SMART_CROP), and when detection was unavailable it
+    says so as a degradation.
     """
     width, height = image.width, image.height
     if isinstance(gravity, CompassGravity):
@@ -88,18 +92,25 @@ def crop_position(
     if isinstance(gravity, ObjectGravity):
         found = ctx.objects_in(image, gravity.classes)
         if found:
-            left = min(box.left for _, box in found)
-            top = min(box.top for _, box in found)
-            right = max(box.right for _, box in found)
-            bottom = max(box.bottom for _, box in found)
-            cx, cy = (left + right) / 2, (top + bottom) / 2
-            return (image, *centred_on(width, height, crop_w, crop_h, cx, cy))
+            objects = placement.weighted(
+                [(obj.class_name, obj.confidence, box) for obj, box in found],
+                gravity.weights,
+                ctx.class_weights,
+            )
+            mode = gravity.mode or ctx.settings.object_gravity_mode
+            return (
+                image,
+                *placement.place(width, height, crop_w, crop_h, objects, mode, gravity.position),
+            )
         if ctx.detection_failure is not None:
+            fallback = "smart" if ctx.settings.object_detection_fallback_to_smart_crop else "centre"
             ctx.degrade(
                 "DETECTION_UNAVAILABLE",
                 operation,
-                f"detection unavailable ({ctx.detection_failure}), fell back to smart crop",
+                f"detection unavailable ({ctx.detection_failure}), fell back to {fallback} crop",
             )
+        if not ctx.settings.object_detection_fallback_to_smart_crop:
+            return (image, *compass_position(width, height, crop_w, crop_h, CENTER))
     assert isinstance(gravity, (SmartGravity, ObjectGravity))
     image = ctx.random_access(image)
     cx, cy = smart_centre(image, crop_w, crop_h)

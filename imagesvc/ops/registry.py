@@ -16,6 +16,7 @@ from imagesvc.ops import (
     blur,
     blur_detections,
     crop,
+    crop_objects,
     draw_detections,
     flip,
     pixelate,
@@ -32,6 +33,11 @@ def _never(options: Any) -> bool:
     return False
 
 
+def _own_classes(options: Any) -> frozenset[str] | None:
+    # A detection op's own class filter (None: every class).
+    return getattr(options, "classes", None)
+
+
 @dataclass(frozen=True, slots=True)
 class OpSpec:
     parse: Callable[..., Any]  # (proto message, field path, ParseContext) -> frozen options
@@ -39,6 +45,8 @@ class OpSpec:
     # (Shape, options, PlanEnv) -> OpEstimate: the step's effect, planned before decoding.
     estimate: Callable[..., Any]
     needs_detections: Callable[[Any], bool] = _never
+    # The classes the step needs detected (None: every class); asked only when it needs them.
+    detection_classes: Callable[[Any], frozenset[str] | None] = _own_classes
 
 
 def _spec(module: Any) -> OpSpec:
@@ -47,6 +55,7 @@ def _spec(module: Any) -> OpSpec:
         module.run,
         module.estimate,
         getattr(module, "needs_detections", _never),
+        getattr(module, "detection_classes", _own_classes),
     )
 
 
@@ -63,4 +72,5 @@ OPS: Mapping[str, OpSpec] = {
     "draw_detections": _spec(draw_detections),
     "blur_detections": _spec(blur_detections),
     "pixelate_detections": _spec(pixelate_detections),
+    "crop_objects": _spec(crop_objects),
 }

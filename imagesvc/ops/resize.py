@@ -78,6 +78,10 @@ def needs_detections(opts: ResizeOptions) -> bool:
     return isinstance(opts.gravity, ObjectGravity) and opts.type in ("fill", "fill_down", "auto")
 
 
+def detection_classes(opts: ResizeOptions) -> frozenset[str] | None:
+    return opts.gravity.classes if isinstance(opts.gravity, ObjectGravity) else None
+
+
 def _round(value: float) -> int:
     # libvips rounds half up when it sizes a resize; match it so planned sizes are exact.
     return max(1, int(math.floor(value + 0.5)))

@@ -68,6 +68,10 @@ class OpEstimate:
     # Memory it holds while the chain streams through it; None: a strip of its output, plus
     # its window, in float (see _stream_bytes).
     stream_bytes: int | None = None
+    # False: ``shape`` is only an upper bound, the step's data decides (crop_objects crops to
+    # what detection finds). The engine then plans the remaining steps again from the image the
+    # step produced, and holds them against the budget, before running them.
+    shape_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class PlannedStep:
     shape: Shape
     work_s: float
     copy_before: bool  # the engine copies the image to memory before this step
+    replan_after: bool = False  # its shape is an upper bound: see OpEstimate.shape_known
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +161,9 @@ def plan_request(
             work += estimate.work_s
             if shape.pixels > largest.pixels:
                 largest, largest_at = shape, path
-            steps.append(PlannedStep(path, shape, estimate.work_s, copy_before))
+            steps.append(
+                PlannedStep(path, shape, estimate.work_s, copy_before, not estimate.shape_known)
+            )
 
     if shape.pixels > largest.pixels:
         largest, largest_at = shape, "output"

@@ -49,6 +49,14 @@ def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy:
     """Messages of this type with any subset of their fields set to extreme values."""
     fields = {}
     for field in descriptor.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            # A map (e.g. weights): string keys, values of the map's value type.
+            mapped = field_values(field.message_type.fields_by_name["value"], depth)
+            if mapped is not None:
+                fields[field.name] = st.one_of(
+                    st.none(), st.dictionaries(st.sampled_from(CLASSES), mapped, max_size=3)
+                )
+            continue
         value = field_values(field, depth)
         if value is None:
             continue
@@ -68,7 +76,9 @@ def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy:
                 continue
             field = descriptor.fields_by_name[name]
             target = getattr(msg, name)
-            if field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
+            if isinstance(value, dict):
+                target.update(value)
+            elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE:
                 if field.is_repeated:
                     target.extend(value)
                 else:

@@ -11,7 +11,14 @@ from tests.images import from_array
 from imagesvc.context import DetectedObject
 from imagesvc.geometry import Affine, Box
 from imagesvc.ops import gravity
-from imagesvc.options import CompassGravity, FocusPointGravity, ObjectGravity, SmartGravity
+from imagesvc.options import (
+    ClassWeights,
+    CompassGravity,
+    FocusPointGravity,
+    ObjectGravity,
+    SmartGravity,
+)
+from imagesvc.settings import Settings
 
 # A 300x200 image, a 100x50 window: the free room is 200 px across and 150 px down.
 W, H, CW, CH = 300, 200, 100, 50
@@ -108,7 +115,7 @@ def test_focus_point_keeps_the_point_at_the_window_centre(make_ctx):
     assert (left + CW / 2, top + CH / 2) == (120, 100)
 
 
-def test_object_gravity_centres_on_the_union_of_matching_objects(make_ctx):
+def test_object_gravity_centres_on_the_union_of_matching_objects_when_they_fit(make_ctx):
     objects = [
         DetectedObject("face", 0.9, Box(100, 60, 20, 20)),
         DetectedObject("face", 0.8, Box(180, 100, 20, 20)),  # union: 100..200 x 60..120
@@ -117,10 +124,63 @@ def test_object_gravity_centres_on_the_union_of_matching_objects(make_ctx):
     ctx = make_ctx(W, H, objects=objects)
     image = from_array(np.zeros((H, W, 3), np.uint8))
     _, left, top = gravity.crop_position(
-        image, CW, CH, ObjectGravity(frozenset({"face"})), ctx, "crop"
+        image, 100, 80, ObjectGravity(frozenset({"face"})), ctx, "crop"
     )
-    assert (left, top) == (100, 65)
+    assert (left, top) == (100, 50)
     assert ctx.degradations == []
+
+
+def test_object_gravity_keeps_one_face_whole_rather_than_halves_of_two(make_ctx):
+    # The union (60 px tall) cannot fit a 50 px window: centring on it cut both faces. The
+    # default mode keeps the more confident one whole and clear of the other.
+    objects = [
+        DetectedObject("face", 0.9, Box(100, 60, 20, 20)),
+        DetectedObject("face", 0.8, Box(180, 100, 20, 20)),
+    ]
+    ctx = make_ctx(W, H, objects=objects)
+    image = from_array(np.zeros((H, W, 3), np.uint8))
+    _, left, top = gravity.crop_position(image, CW, CH, ObjectGravity(None), ctx, "crop")
+    assert left <= 100 and 120 <= left + CW and top <= 60 and 80 <= top + CH
+    assert left + CW <= 180 or top + CH <= 100  # the other face is not cut
+
+
+def test_object_gravity_mode_and_weights_come_from_the_request(make_ctx):
+    objects = [
+        DetectedObject("face", 0.9, Box(20, 60, 40, 40)),
+        DetectedObject("hand", 0.9, Box(240, 60, 20, 20)),
+    ]
+    ctx = make_ctx(W, H, objects=objects)
+    image = from_array(np.zeros((H, W, 3), np.uint8))
+    plain = ObjectGravity(None, mode="one_best")
+    weighted = ObjectGravity(None, mode="one_best", weights=ClassWeights((("hand", 10.0),)))
+    _, left, _ = gravity.crop_position(image, CW, CH, plain, ctx, "crop")
+    assert left <= 20 and 60 <= left + CW  # the larger face
+    _, left, _ = gravity.crop_position(image, CW, CH, weighted, ctx, "crop")
+    assert left <= 240 and 260 <= left + CW  # the hand, ten times the weight
+
+
+def test_object_gravity_weights_default_to_the_classes_files(make_ctx):
+    objects = [
+        DetectedObject("face", 0.9, Box(20, 60, 40, 40)),
+        DetectedObject("hand", 0.9, Box(240, 60, 20, 20)),
+    ]
+    ctx = make_ctx(W, H, objects=objects)
+    ctx.class_weights = {"hand": 10.0}
+    image = from_array(np.zeros((H, W, 3), np.uint8))
+    _, left, _ = gravity.crop_position(
+        image, CW, CH, ObjectGravity(None, mode="one_best"), ctx, "crop"
+    )
+    assert left <= 240 and 260 <= left + CW
+
+
+def test_object_gravity_without_objects_can_fall_back_to_centre(make_ctx):
+    settings = Settings(object_detection_fallback_to_smart_crop=False)
+    ctx = make_ctx(300, 100, objects=[])
+    ctx.settings = settings
+    image = from_array(saliency_image(240))
+    _, left, _ = gravity.crop_position(image, 80, 100, ObjectGravity(None), ctx, "resize")
+    assert left == 110
+    assert not ctx.in_memory  # no smart crop ran
 
 
 def test_object_gravity_uses_the_current_transform(make_ctx):
