@@ -50,3 +50,24 @@ def find_offset(output: np.ndarray, reference: np.ndarray) -> int:
     width = out.shape[1]
     errors = [np.mean(np.abs(ref[:, x : x + width] - out)) for x in range(ref.shape[1] - width + 1)]
     return int(np.argmin(errors))
+
+
+def two_heads() -> tuple[pyvips.Image, tuple[float, float], tuple[float, float]]:
+    """1200x400 grey: the astronaut's head (300x300 from the top of the picture) at x=50, and
+    the same head at 0.85 scale at x=520, near the centre. Returns the scene and each face's
+    expected (left, right) span, from FACE_BOX.
+
+    The faces (95 and ~81 px wide) are 540 px apart edge to edge, so a 225x400 (9:16) crop holds
+    one at most, and the window centred on their union (282..507) holds neither.
+    """
+    canvas = np.full((400, 1200, 3), 118, dtype=np.uint8)
+    head = data.astronaut()[0:300, 100:400]
+    canvas[50:350, 50:350] = head
+    small = pyvips.Image.new_from_array(np.ascontiguousarray(head)).resize(0.85, kernel="lanczos3")
+    small_array = small.numpy()
+    h, w = small_array.shape[:2]
+    canvas[60 : 60 + h, 520 : 520 + w] = small_array
+    face_left, _, face_width, _ = FACE_BOX
+    big = (50 + face_left - 100, 50 + face_left - 100 + face_width)
+    little = (520 + (face_left - 100) * 0.85, 520 + (face_left - 100 + face_width) * 0.85)
+    return pyvips.Image.new_from_array(canvas).copy(interpretation="srgb"), big, little
