@@ -1,12 +1,38 @@
-"""Face detection through the Triton sidecar, on ``tritonclient.grpc.aio``.
+"""Object detection through the Triton sidecar, on ``tritonclient.grpc.aio``.
 
-`FaceDetector` is the service's one entry point to Triton: it letterboxes an RGB image
-for both BlazeFace models, runs them concurrently over gRPC, decodes and merges their
-boxes (`inference.blazeface`) and returns `Detection` objects in the image's pixels.
+`Detector` is the service's one entry point to Triton. It holds a set of detection models
+(`inference.models.DetectionModel`: one Triton model each, its classes from its
+``classes.txt``); ``detect`` runs only the models that serve the requested classes, all
+concurrently over gRPC, decodes each model's outputs and merges the detections. By default
+the models are `shipped_models()`: BlazeFace short and full range (``face``), MediaPipe pose
+detection (``person``) and palm detection (``hand``); another model family joins the list
+that `shipped_models` builds.
+
+Merging (`merge_detections`): each model applies its own threshold and NMS
+(`DetectionModel.decode`), except the models of one NMS group (an optional ``nms_group``
+attribute; the BlazeFace pair), which return their raw candidates: the client runs one
+weighted NMS (``nms_threshold``, MediaPipe's 0.3) over the union of the group's candidates and
+clips the result, exactly as the short- and full-range boxes were always merged. When several
+models (or groups) still serve one class, their detections of that class go through one more
+weighted NMS over their union: an object two models see comes out once, its box the
+score-weighted mean of theirs, its score and ``model`` those of the best. A class found by one
+model is returned as that model found it. Faces then lose every box that wholly contains two
+better faces (`inference.face_refine.suppress_group_boxes`: at low resolution a model sees two
+neighbours as one weaker face).
+
+The tiled pass (`Detector.detect_tiles`, issue 8): the service decides when to run it
+(`face_refine.needs_tiled_pass`) and hands a larger copy of the image; the client cuts it into
+overlapping tiles (`face_refine.plan_tiles`), sends each to the full-range BlazeFace model (one
+Triton request per tile, all at once), drops boxes cut by an inner tile edge, maps the rest back
+to the first pass's pixels and merges them with its faces in one weighted NMS, each tile's boxes
+a list of their own: ``merge_detections([first_faces, *tiles])``. The first pass's faces are
+already the BlazeFace group's merge (the short- and full-range candidates through one weighted
+NMS), so this is ``merge_detections([short, full, *tiles], groups=["blazeface"] * 2 + [None,
+...])`` step for step. Group boxes are suppressed again on the result.
 
 Contract with the service:
 
-- One `FaceDetector` per process. Its gRPC channel is created lazily, by the first
+- One `Detector` per process. Its gRPC channel is created lazily, by the first
   ``detect``/``ready`` call, inside the running event loop (a ``grpc.aio`` channel belongs
   to the loop it was made in); ``close()`` it on shutdown.
 - Every Triton call carries ``client_timeout``. Triton unreachable, a deadline passed, or
@@ -26,41 +52,102 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from inference.blazeface import (
-    CLASSIFICATORS_NAME,
-    FULL_RANGE,
-    INPUT_NAME,
-    NUM_COORDS,
-    REGRESSORS_NAME,
-    SHORT_RANGE,
-    BlazeFaceVariant,
-    Letterbox,
-    clip_boxes,
-    decode,
-    generate_anchors,
-    letterbox,
-    merge,
-)
+from inference import face_refine
+from inference.ssd import clip_boxes, iou
 from inference.detection import Detection
 from inference.errors import InferenceError, InferenceUnavailable
+from inference.mediapipe_detectors import MediaPipeDetector
+from inference.models import DetectionModel
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Triton model name -> the BlazeFace variant it serves (model_repository/<name>/).
-DEFAULT_MODELS: Mapping[str, BlazeFaceVariant] = {
-    "blazeface_short_range": SHORT_RANGE,
-    "blazeface_full_range": FULL_RANGE,
-}
+# The models of model_repository/, in the order `shipped_models` builds them.
+DEFAULT_MODELS: tuple[str, ...] = (
+    "blazeface_short_range",
+    "blazeface_full_range",
+    "pose_detection",
+    "palm_detection_full",
+)
+FACE_MODELS = frozenset({"blazeface_short_range", "blazeface_full_range"})
 
 FACE = "face"
+FACE_NMS_GROUP = "blazeface"
+# The model the tiled pass runs on each tile (`Detector.detect_tiles`).
+TILE_MODEL = "blazeface_full_range"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_model_repository() -> Path:
+    """Where the models' ``classes.txt`` files are: ``model_repository/`` beside the
+    ``inference`` package (a source checkout), else ``./model_repository`` (the service
+    image runs in ``/app``, which holds it)."""
+    beside = REPO_ROOT / "model_repository"
+    return beside if beside.is_dir() else Path(os.getcwd()) / "model_repository"
+
+
+# The short-range face model's threshold over IMAGESVC_DETECTION_SCORE_THRESHOLD (measured:
+# inference/face_refine.py MODEL_SCORE_THRESHOLDS).
+SHORT_RANGE_EXTRA_SCORE = 0.1
+
+
+def shipped_models(
+    *,
+    repository: str | os.PathLike | None = None,
+    enabled: Collection[str] | None = None,
+    face_score_threshold: float = 0.5,
+    nms_threshold: float = 0.3,
+) -> list[DetectionModel]:
+    """The detection models the service runs, built from settings.
+
+    ``repository``: the folder with ``<model>/classes.txt`` (default:
+    `default_model_repository`). ``enabled``: the Triton model names to keep (default: all);
+    a name that is not shipped is an error. ``face_score_threshold`` is the full-range
+    BlazeFace model's (``detection_score_threshold``), the short-range one's is
+    SHORT_RANGE_EXTRA_SCORE higher; the pose and palm detectors use
+    MediaPipe's thresholds (`inference.mediapipe_detectors`). ``nms_threshold`` is the
+    BlazeFace pair's weighted-NMS IoU. Another model family is one more entry in the list.
+    """
+    folder = Path(repository) if repository else default_model_repository()
+    if enabled is not None:
+        unknown = sorted(set(enabled) - set(DEFAULT_MODELS))
+        if unknown:
+            raise ValueError(f"unknown detection models {unknown}; shipped: {list(DEFAULT_MODELS)}")
+    models: list[DetectionModel] = [
+        # Both BlazeFace models: one weighted NMS over their union, in the client.
+        MediaPipeDetector.from_repository(
+            "blazeface_short_range",
+            folder,
+            # Short range scored textures (a cat's face, a ladybird) at 0.50-0.54: it takes
+            # SHORT_RANGE_EXTRA_SCORE more (bench/README.md "Detection").
+            score_threshold=min(1.0, face_score_threshold + SHORT_RANGE_EXTRA_SCORE),
+            nms_threshold=nms_threshold,
+            nms_group=FACE_NMS_GROUP,
+        ),
+        MediaPipeDetector.from_repository(
+            "blazeface_full_range",
+            folder,
+            score_threshold=face_score_threshold,
+            nms_threshold=nms_threshold,
+            nms_group=FACE_NMS_GROUP,
+        ),
+        MediaPipeDetector.from_repository("pose_detection", folder),
+        MediaPipeDetector.from_repository("palm_detection_full", folder),
+    ]
+    return [m for m in models if enabled is None or m.name in enabled]
+
 
 # The sidecar is on loopback: when it restarts, reconnect within ~a second instead of
 # gRPC's default backoff (up to 120 s), during which every call would fail fast.
@@ -100,47 +187,41 @@ def to_inference_error(
     return InferenceError(f"TRITON_{code}", f"{where}{message}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Model:
-    name: str
-    variant: BlazeFaceVariant
-    anchors: np.ndarray
-
-    # Per-item dims, as the config declares them (max_batch_size > 0: without the batch
-    # dimension). Tensors on the wire have a batch dimension of 1 in front.
-    @property
-    def inputs(self) -> dict[str, tuple[str, list[int]]]:
-        return {INPUT_NAME: ("FP32", list(self.variant.input_shape[1:]))}
-
-    @property
-    def outputs(self) -> dict[str, tuple[str, list[int]]]:
-        count = len(self.anchors)
-        return {
-            REGRESSORS_NAME: ("FP32", [count, NUM_COORDS]),
-            CLASSIFICATORS_NAME: ("FP32", [count, 1]),
-        }
+def _dims_match(seen: tuple[str, list[int]], want: tuple[str, list[int]]) -> bool:
+    """Same datatype and dims; a -1 in ``want`` (a dimension the model decides) matches any."""
+    return seen[0] == want[0] and (
+        len(seen[1]) == len(want[1])
+        and all(w == -1 or s == w for s, w in zip(seen[1], want[1], strict=True))
+    )
 
 
-def contract_problems(model: _Model, metadata, config: dict) -> list[str]:
+def contract_problems(model: DetectionModel, metadata, config: dict) -> list[str]:
     """How Triton's view of ``model`` differs from what this client sends and decodes.
 
     ``metadata`` is a ``ModelMetadataResponse``; ``config`` is ``get_model_config(...,
     as_json=True)["config"]``. Empty list: the contract holds.
     """
     problems = []
-    if int(config.get("max_batch_size", 0)) < 1:
-        problems.append(f"max_batch_size {config.get('max_batch_size', 0)} < 1: no batch dimension")
+    # A model exported with its batch fixed at 1 (a user's YOLO, `batched` False) is served
+    # with max_batch_size 0: its config dims and metadata shapes then start with that 1.
+    batched = getattr(model, "batched", True)
+    max_batch = int(config.get("max_batch_size", 0))
+    if batched and max_batch < 1:
+        problems.append(f"max_batch_size {max_batch} < 1: no batch dimension")
+    if not batched and max_batch != 0:
+        problems.append(f"max_batch_size {max_batch} != 0 for a model fixed at batch 1")
+    batch_dim = [-1] if batched else [1]
     for kind, expected, seen_meta, seen_config in (
         ("input", model.inputs, metadata.inputs, config.get("input", [])),
         ("output", model.outputs, metadata.outputs, config.get("output", [])),
     ):
-        # Metadata shapes include the batch dimension (-1); config dims do not.
+        # Metadata shapes include the batch dimension; config dims do unless unbatched.
         meta = {t.name: (t.datatype, [int(d) for d in t.shape][1:]) for t in seen_meta}
         meta_batch = {t.name: [int(d) for d in t.shape][:1] for t in seen_meta}
         conf = {
             t["name"]: (
                 t.get("data_type", "").removeprefix("TYPE_"),
-                [int(d) for d in t.get("dims", [])],
+                [int(d) for d in t.get("dims", [])][0 if batched else 1 :],
             )
             for t in seen_config
         }
@@ -150,18 +231,18 @@ def contract_problems(model: _Model, metadata, config: dict) -> list[str]:
             for source, seen in (("metadata", meta), ("config", conf)):
                 if name not in seen:
                     problems.append(f"{kind} {name!r} missing from {source}")
-                elif seen[name] != want:
+                elif not _dims_match(seen[name], want):
                     problems.append(f"{kind} {name!r} in {source} is {seen[name]}, expected {want}")
-            if name in meta_batch and meta_batch[name] != [-1]:
+            if name in meta_batch and meta_batch[name] != batch_dim:
                 problems.append(
                     f"{kind} {name!r} in metadata has batch dimension {meta_batch[name]}, "
-                    "expected [-1]"
+                    f"expected {batch_dim}"
                 )
     return problems
 
 
-class FaceDetector:
-    """Faces in an RGB image, from MediaPipe BlazeFace short- and full-range over Triton.
+class Detector:
+    """Objects in an RGB image, from a set of detection models over Triton.
 
     Parameters
     ----------
@@ -170,16 +251,18 @@ class FaceDetector:
     timeout_s
         ``client_timeout`` of every Triton call; ``detect`` can only shorten it.
     score_threshold
-        Minimum confidence of a returned face (MediaPipe uses 0.5 for short range and
-        0.6 for full range; one threshold applies to both here).
+        Minimum confidence of a returned face, for the default models (both BlazeFace
+        models; MediaPipe uses 0.5 for short range and 0.6 for full range). Ignored when
+        ``models`` is given: each model has its own.
     nms_threshold
-        IoU above which boxes are merged by weighted NMS (MediaPipe: 0.3).
+        IoU above which boxes are merged by weighted NMS (MediaPipe: 0.3): within each
+        default BlazeFace model, and across the models that serve one class.
     on_inference
         ``on_inference(model_name, seconds)`` after each successful Triton inference
         (the service's per-model latency histogram). Failed calls are not reported here:
         they raise.
     models
-        Triton model name -> BlazeFace variant; defaults to ``model_repository/``'s.
+        The `DetectionModel` objects to hold; default `shipped_models()` (model_repository/).
     retry_after_s
         Circuit breaker: after Triton was found unavailable (a failed call or a failed
         ``ready()``), ``detect`` fails at once with ``TRITON_CIRCUIT_OPEN`` for this long,
@@ -195,7 +278,7 @@ class FaceDetector:
         nms_threshold: float = 0.3,
         on_inference: Callable[[str, float], None] | None = None,
         *,
-        models: Mapping[str, BlazeFaceVariant] = DEFAULT_MODELS,
+        models: Iterable[DetectionModel] | None = None,
         retry_after_s: float = 2.0,
     ) -> None:
         self.url = url
@@ -203,9 +286,25 @@ class FaceDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.on_inference = on_inference
-        self._models = tuple(
-            _Model(name, variant, generate_anchors(variant)) for name, variant in models.items()
-        )
+        if models is None:
+            models = shipped_models(
+                face_score_threshold=score_threshold, nms_threshold=nms_threshold
+            )
+        self._models: tuple[DetectionModel, ...] = tuple(models)
+        names = [model.name for model in self._models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is listed twice: {names}")
+        weights: dict[str, float] = {}
+        for model in self._models:
+            for name, weight in model.class_weights.items():
+                if weights.setdefault(name, weight) != weight:
+                    raise ValueError(
+                        f"class {name!r}: weight {weight} in {model.name}'s classes file, "
+                        f"{weights[name]} in another's"
+                    )
+        self._class_weights = MappingProxyType(weights)
+        self._classes = frozenset(c for model in self._models for c in model.classes)
+        self._tile_model = _tile_model(self._models, nms_threshold)
         self._client: triton_grpc.InferenceServerClient | None = None
         self._not_ready_reason: str | None = None
         self.retry_after_s = retry_after_s
@@ -213,124 +312,219 @@ class FaceDetector:
 
     @property
     def classes(self) -> frozenset[str]:
-        return frozenset({FACE})
+        """Every class some model can return."""
+        return self._classes
+
+    @property
+    def class_weights(self) -> Mapping[str, float]:
+        """Class -> weight, as the models' classes files give them (classes without one are
+        absent)."""
+        return self._class_weights
 
     @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(model.name for model in self._models)
+
+    @property
+    def models(self) -> tuple[DetectionModel, ...]:
+        return self._models
+
+    @property
+    def can_tile(self) -> bool:
+        """Whether ``detect_tiles`` can run: the full-range BlazeFace model is one of the
+        models (``IMAGESVC_DETECTION_MODELS`` may switch it off)."""
+        return self._tile_model is not None
+
+    def models_for(self, classes: Collection[str] | None) -> tuple[DetectionModel, ...]:
+        """The models ``detect`` calls for ``classes`` (None: all)."""
+        if classes is None:
+            return self._models
+        return tuple(m for m in self._models if not set(classes).isdisjoint(m.classes))
 
     def _grpc(self) -> triton_grpc.InferenceServerClient:
         if self._client is None:
             self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
         return self._client
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
-        """Faces in ``rgb`` (``(H, W, 3)`` uint8), best first, in ``rgb``'s pixels.
+    async def detect(
+        self,
+        rgb: np.ndarray,
+        *,
+        classes: frozenset[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Detection]:
+        """Objects of ``classes`` (None: every class) in ``rgb`` (``(H, W, 3)`` uint8), best
+        first, in ``rgb``'s pixels.
 
-        ``timeout_s`` (e.g. the RPC's remaining deadline) caps the instance's
-        ``timeout_s``. Raises `InferenceUnavailable` / `InferenceError` (module docstring)
-        and ValueError for an image that is not ``(H, W, 3)`` uint8.
+        Only the models serving one of ``classes`` run, concurrently; classes no model
+        serves find nothing (no Triton call when none is left). ``timeout_s`` (e.g. the RPC's
+        remaining deadline) caps the instance's ``timeout_s``. Raises `InferenceUnavailable`
+        / `InferenceError` (module docstring) and ValueError for an image that is not
+        ``(H, W, 3)`` uint8.
         """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        models = self.models_for(classes)
+        if not models:
+            return []
+        timeout = self._call_timeout(timeout_s)
+        per_model = await self._guarded(self._run_all(models, rgb, timeout))
+        height, width = rgb.shape[:2]
+        groups = [getattr(model, "nms_group", None) for model in models]
+        detections = merge_detections(
+            per_model, self.nms_threshold, groups=groups, image_size=(width, height)
+        )
+        if classes is not None:
+            detections = [d for d in detections if d.class_name in classes]
+        return suppress_face_groups(detections)
+
+    async def detect_tiles(
+        self,
+        rgb: np.ndarray,
+        *,
+        first: Sequence[Detection],
+        first_size: tuple[int, int],
+        timeout_s: float | None = None,
+    ) -> list[Detection]:
+        """The tiled pass (module docstring): ``first`` (the first pass's detections, in the
+        pixels of its ``first_size`` = (width, height) input) with the faces found on the tiles
+        of ``rgb`` merged in, best first, in ``first_size`` pixels.
+
+        ``rgb`` is the same picture as the first pass's input, larger (``(H, W, 3)`` uint8).
+        Each tile is one Triton request to the full-range model, all sent at once; each carries
+        ``timeout_s`` capped by the instance's ``timeout_s``, as in ``detect``. Detections of
+        other classes in ``first`` are returned as they are. Raises as ``detect`` does (the
+        circuit breaker included), and ValueError when the detector cannot tile
+        (``can_tile``).
+        """
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        model = self._tile_model
+        if model is None:
+            raise ValueError(f"the tiled pass needs {TILE_MODEL}, not among {self.model_names}")
+        timeout = self._call_timeout(timeout_s)
+        height, width = rgb.shape[:2]
+        tiles = face_refine.plan_tiles(width, height)
+        per_tile = await self._guarded(self._run_tiles(model, rgb, tiles, timeout))
+        scale_x, scale_y = width / first_size[0], height / first_size[1]
+        lists = []
+        for tile, found in zip(tiles, per_tile, strict=True):
+            boxes = np.array([[d.left, d.top, d.right, d.bottom] for d in found], np.float64)
+            scores = np.array([d.confidence for d in found], np.float64)
+            boxes, scores = face_refine.drop_tile_edge_boxes(boxes, scores, tile, width, height)
+            boxes = face_refine.tile_to_image(boxes, tile, scale_x, scale_y)
+            lists.append(_detections(FACE, boxes, scores, model.name))
+        faces = [d for d in first if d.class_name == FACE]
+        others = [d for d in first if d.class_name != FACE]
+        merged = _clipped(merge_detections([faces, *lists], self.nms_threshold), *first_size)
+        merged = suppress_face_groups([*merged, *others])
+        merged.sort(key=lambda d: -d.confidence)
+        return merged
+
+    def _call_timeout(self, timeout_s: float | None) -> float:
         timeout = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
         if timeout <= 0:
             raise InferenceUnavailable("TRITON_TIMEOUT", "no time left for inference")
+        return timeout
+
+    async def _guarded(self, calls: Coroutine[Any, Any, T]) -> T:
+        """``calls`` (Triton requests) behind the circuit breaker (see ``retry_after_s``)."""
         if self._breaker_opened is not None:
             if time.monotonic() - self._breaker_opened < self.retry_after_s:
+                calls.close()
                 raise InferenceUnavailable(
                     "TRITON_CIRCUIT_OPEN", "Triton was unavailable moments ago; not calling it"
                 )
             self._breaker_opened = time.monotonic()  # half-open: this call probes, others wait
         try:
-            detections = await self._detect(rgb, timeout)
+            result = await calls
         except InferenceUnavailable:
             self._breaker_opened = time.monotonic()
             raise
         self._breaker_opened = None
-        return detections
+        return result
 
-    async def _detect(self, rgb: np.ndarray, timeout: float) -> list[Detection]:
+    async def _run_tiles(
+        self,
+        model: DetectionModel,
+        rgb: np.ndarray,
+        tiles: Sequence[face_refine.Tile],
+        timeout: float,
+    ) -> list[list[Detection]]:
+        """Each tile's detections, in the tile's pixels (clipped to it): one request per tile,
+        all in flight at once."""
+
+        def prepare() -> list[tuple[dict[str, np.ndarray], Any]]:
+            return [
+                model.prepare(np.ascontiguousarray(rgb[t.top : t.bottom, t.left : t.right]))
+                for t in tiles
+            ]
+
+        # Letterboxing twelve tiles is ~10 ms of numpy: one hop off the loop for all of them.
+        prepared = await asyncio.to_thread(prepare)
+
+        async def one(tile: face_refine.Tile, tensors, state) -> list[Detection]:
+            outputs = await self._infer(model, tensors, timeout)
+            return model.decode(outputs, state, (tile.width, tile.height))
+
+        return await _gather_all(
+            [
+                one(tile, tensors, state)
+                for tile, (tensors, state) in zip(tiles, prepared, strict=True)
+            ]
+        )
+
+    async def _run_all(
+        self, models: Sequence[DetectionModel], rgb: np.ndarray, timeout: float
+    ) -> list[list[Detection]]:
+        return await _gather_all([self._run(model, rgb, timeout) for model in models])
+
+    async def _run(self, model: DetectionModel, rgb: np.ndarray, timeout: float) -> list[Detection]:
         # Letterboxing is a few ms of numpy, which releases the GIL: keep it off the loop.
-        # timeout bounds each Triton call; this part is not counted in it.
-        inputs = await asyncio.to_thread(self._letterbox_all, rgb)
-        results = await self._infer_all(inputs, timeout)
-        per_model = []
-        for model, (_, box), (regressors, classificators) in zip(
-            self._models, inputs, results, strict=True
-        ):
-            boxes, scores = decode(
-                regressors, classificators, model.variant, self.score_threshold, model.anchors
-            )
-            per_model.append((box.to_image(boxes), scores))
-        boxes, scores = merge(per_model, self.nms_threshold)
+        # timeout bounds the Triton call; this part is not counted in it.
+        tensors, state = await asyncio.to_thread(model.prepare, rgb)
+        outputs = await self._infer(model, tensors, timeout)
         height, width = rgb.shape[:2]
-        detections = []
-        for (left, top, right, bottom), score in zip(
-            clip_boxes(boxes, width, height), scores, strict=True
-        ):
-            if right > left and bottom > top:
-                detections.append(
-                    Detection(
-                        FACE,
-                        float(score),
-                        float(left),
-                        float(top),
-                        float(right - left),
-                        float(bottom - top),
-                    )
-                )
-        return detections
-
-    def _letterbox_all(self, rgb: np.ndarray) -> list[tuple[np.ndarray, Letterbox]]:
-        return [letterbox(rgb, model.variant.input_size) for model in self._models]
-
-    async def _infer_all(self, inputs, timeout: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        tasks = [
-            asyncio.ensure_future(self._infer(model, tensor, timeout))
-            for model, (tensor, _) in zip(self._models, inputs, strict=True)
-        ]
-        try:
-            return await asyncio.gather(*tasks)
-        except BaseException:
-            # One failed (or we were cancelled): don't leave the other call running.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return model.decode(outputs, state, (width, height))
 
     async def _infer(
-        self, model: _Model, tensor: np.ndarray, timeout: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        infer_input = triton_grpc.InferInput(INPUT_NAME, list(tensor.shape), "FP32")
-        infer_input.set_data_from_numpy(tensor)
-        outputs = [
-            triton_grpc.InferRequestedOutput(REGRESSORS_NAME),
-            triton_grpc.InferRequestedOutput(CLASSIFICATORS_NAME),
-        ]
+        self, model: DetectionModel, tensors: Mapping[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]:
+        inputs = []
+        for name, (datatype, _) in model.inputs.items():
+            tensor = tensors[name]
+            infer_input = triton_grpc.InferInput(name, list(tensor.shape), datatype)
+            infer_input.set_data_from_numpy(tensor)
+            inputs.append(infer_input)
+        requested = [triton_grpc.InferRequestedOutput(name) for name in model.outputs]
         started = time.perf_counter()
         try:
             result = await self._grpc().infer(
-                model.name, [infer_input], outputs=outputs, client_timeout=timeout
+                model.name, inputs, outputs=requested, client_timeout=timeout
             )
         except InferenceServerException as error:
             raise to_inference_error(error, model.name) from error
         elapsed = time.perf_counter() - started
         if self.on_inference is not None:
             self.on_inference(model.name, elapsed)
+        outputs: dict[str, Any] = {}
         try:
-            regressors = result.as_numpy(REGRESSORS_NAME)
-            classificators = result.as_numpy(CLASSIFICATORS_NAME)
+            for name in model.outputs:
+                outputs[name] = result.as_numpy(name)
         except ValueError as error:  # fewer bytes than the shape says
             raise InferenceError("TRITON_BAD_RESPONSE", f"{model.name}: {error}") from error
         expected = {name: [1, *dims] for name, (_, dims) in model.outputs.items()}
-        got = {
-            REGRESSORS_NAME: None if regressors is None else list(regressors.shape),
-            CLASSIFICATORS_NAME: None if classificators is None else list(classificators.shape),
-        }
-        if got != expected:
+        got = {name: None if v is None else list(v.shape) for name, v in outputs.items()}
+        if any(
+            got[name] is None
+            or len(got[name]) != len(want)
+            or any(w != -1 and g != w for g, w in zip(got[name], want, strict=True))
+            for name, want in expected.items()
+        ):
             raise InferenceError(
                 "TRITON_BAD_RESPONSE", f"{model.name}: outputs {got}, expected {expected}"
             )
-        return regressors, classificators
+        return outputs
 
     async def ready(self) -> bool:
         """Server ready, every model ready, and every model's contract as expected."""
@@ -372,8 +566,159 @@ class FaceDetector:
             client, self._client = self._client, None
             await client.close()
 
-    async def __aenter__(self) -> FaceDetector:
+    async def __aenter__(self) -> Detector:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
+
+
+# The name the service has always imported.
+FaceDetector = Detector
+
+
+async def _gather_all(calls: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Every call's result, run concurrently; when one fails (or we are cancelled), the others
+    are cancelled and waited for before the error goes on."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _tile_model(models: Sequence[DetectionModel], nms_threshold: float) -> DetectionModel | None:
+    """The full-range model as the tiled pass runs it: its own weighted NMS and clipping per
+    tile (no NMS group), and the threshold face_refine measured for tiles: the full-range
+    model's own plus the short-range model's extra score (TILE_SCORE_THRESHOLD, 0.6, at the
+    default 0.5)."""
+    full = next((m for m in models if m.name == TILE_MODEL), None)
+    if not isinstance(full, MediaPipeDetector):
+        return None
+    extra = face_refine.TILE_SCORE_THRESHOLD - face_refine.MODEL_SCORE_THRESHOLDS[TILE_MODEL]
+    return MediaPipeDetector(
+        full.name,
+        full.spec,
+        classes=full.classes,
+        class_weights=full.class_weights,
+        score_threshold=min(1.0, full.score_threshold + extra),
+        nms_threshold=nms_threshold,
+    )
+
+
+def _detections(class_name: str, boxes: np.ndarray, scores: np.ndarray, model: str):
+    """``(N, 4)`` xyxy boxes and their scores as Detections (empty boxes dropped)."""
+    return [
+        Detection(class_name, float(s), float(x0), float(y0), float(x1 - x0), float(y1 - y0), model)
+        for (x0, y0, x1, y1), s in zip(boxes, scores, strict=True)
+        if x1 > x0 and y1 > y0
+    ]
+
+
+def suppress_face_groups(detections: Sequence[Detection]) -> list[Detection]:
+    """``detections`` without the face boxes that wholly contain two better faces
+    (`face_refine.suppress_group_boxes`); other classes untouched; best first."""
+    faces = [d for d in detections if d.class_name == FACE]
+    out = [d for d in detections if d.class_name != FACE]
+    if faces:
+        boxes = np.array([[d.left, d.top, d.right, d.bottom] for d in faces], np.float64)
+        scores = np.array([d.confidence for d in faces], np.float64)
+        out += [faces[i] for i in face_refine.group_box_survivors(boxes, scores)]
+    out.sort(key=lambda d: -d.confidence)
+    return out
+
+
+def merge_detections(
+    per_model: Sequence[list[Detection]],
+    iou_threshold: float,
+    *,
+    groups: Sequence[str | None] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> list[Detection]:
+    """One list, best first, from each model's detections (module docstring: merging).
+
+    ``groups[i]`` is model ``i``'s NMS group (None: it did its own NMS). The candidates of a
+    group go through one weighted NMS per class and are clipped to ``image_size``; then the
+    detections of a class that several models or groups found go through one weighted NMS
+    over their union. A class found by one model keeps that model's detections.
+    """
+    groups = list(groups) if groups is not None else [None] * len(per_model)
+    sources: dict[str, list[Detection]] = {}  # a source: one model, or one NMS group
+    for index, (detections, group) in enumerate(zip(per_model, groups, strict=True)):
+        sources.setdefault(f"group:{group}" if group else f"model:{index}", []).extend(detections)
+    by_class: dict[str, list[list[Detection]]] = {}
+    for source, detections in sources.items():
+        for class_name in dict.fromkeys(d.class_name for d in detections):
+            found = [d for d in detections if d.class_name == class_name]
+            if source.startswith("group:"):
+                if image_size is None:
+                    raise ValueError("an NMS group's candidates need the image size")
+                found = _clipped(_weighted_merge(found, iou_threshold), *image_size)
+            by_class.setdefault(class_name, []).append(found)
+    merged: list[Detection] = []
+    for parts in by_class.values():
+        if len(parts) == 1:
+            merged += parts[0]
+        else:
+            merged += _weighted_merge([d for part in parts for d in part], iou_threshold)
+    merged.sort(key=lambda d: -d.confidence)
+    return merged
+
+
+def _weighted_merge(detections: list[Detection], iou_threshold: float) -> list[Detection]:
+    """MediaPipe's weighted NMS (`inference.ssd.weighted_nms`, step by step the same) over
+    detections of one class: box the score-weighted mean of each cluster, score and
+    ``model`` those of its best."""
+    # Stable, so ties keep their order, as in weighted_nms.
+    pool = sorted(detections, key=lambda d: -d.confidence)
+    boxes = np.array([[d.left, d.top, d.right, d.bottom] for d in pool], np.float64).reshape(-1, 4)
+    scores = np.array([d.confidence for d in pool], np.float64)
+    out = []
+    while pool:
+        similar = iou(boxes[0], boxes) > iou_threshold
+        similar[0] = True
+        weights = scores[similar]
+        left, top, right, bottom = (boxes[similar] * weights[:, None]).sum(axis=0) / weights.sum()
+        best = pool[0]
+        out.append(
+            Detection(
+                best.class_name,
+                best.confidence,
+                float(left),
+                float(top),
+                float(right - left),
+                float(bottom - top),
+                model=best.model,
+            )
+        )
+        keep = ~similar
+        pool = [d for d, kept in zip(pool, keep, strict=True) if kept]
+        boxes, scores = boxes[keep], scores[keep]
+    return out
+
+
+def _clipped(detections: list[Detection], width: int, height: int) -> list[Detection]:
+    """``detections`` clipped to the image; those left empty are dropped."""
+    if not detections:
+        return []
+    boxes = np.array([[d.left, d.top, d.right, d.bottom] for d in detections], np.float64)
+    out = []
+    for d, (left, top, right, bottom) in zip(
+        detections, clip_boxes(boxes, width, height), strict=True
+    ):
+        if right > left and bottom > top:
+            out.append(
+                Detection(
+                    d.class_name,
+                    d.confidence,
+                    float(left),
+                    float(top),
+                    float(right - left),
+                    float(bottom - top),
+                    model=d.model,
+                )
+            )
+    return out

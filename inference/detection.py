@@ -11,7 +11,8 @@ class Detection:
 
     ``left``/``top`` is the box's top-left corner and ``width``/``height`` its size, in
     continuous pixel units (pixel ``i`` covers ``[i, i + 1)``), clipped to the image.
-    ``confidence`` is in [0, 1].
+    ``confidence`` is in [0, 1]. ``model`` is the Triton model that found it (after a
+    merge of several models' boxes, the one whose box scored best).
     """
 
     class_name: str
@@ -20,6 +21,7 @@ class Detection:
     top: float
     width: float
     height: float
+    model: str = ""
 
     @property
     def right(self) -> float:

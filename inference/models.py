@@ -5,6 +5,11 @@ request needs, calls them in parallel (one Triton request each, batch of one ima
 their detections. A model family (BlazeFace, MediaPipe pose/palm, a YOLO brought by the user)
 implements this protocol in its own module; its pre- and post-processing maths are plain
 functions the tests import without Triton.
+
+Optional: a model may have an ``nms_group`` attribute (a string; absent or None by default).
+Models sharing one (the BlazeFace short/full pair) return from ``decode`` their candidates
+before non-maximum suppression, unclipped, and the client runs one weighted NMS over the
+group's union and clips (`inference.client.merge_detections`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""FaceDetector: error mapping and contract checks (unit), detection over real Triton."""
+"""Detector (FaceDetector): error mapping and contract checks (unit), face detection over real
+Triton. Class routing and the pose/palm models: test_detector_classes.py."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import pytest
 import skimage.data
 from tritonclient.utils import InferenceServerException
 
-from inference.blazeface import FULL_RANGE, SHORT_RANGE, generate_anchors, resize_bilinear
+from inference.blazeface import FULL_RANGE, SHORT_RANGE, resize_bilinear
 from inference.client import (
     DEFAULT_MODELS,
+    FACE_MODELS,
     FaceDetector,
-    _Model,
     contract_problems,
     to_inference_error,
 )
+from inference.mediapipe_detectors import SPECS, MediaPipeDetector
 from inference.detection import Detection
 from inference.errors import InferenceError, InferenceUnavailable
 
@@ -102,6 +104,14 @@ def test_triton_errors_map_to_domain_errors(status, message, error_type, reason)
     assert "blazeface_short_range" in str(error)
 
 
+def _face_model(name: str, spec_of: str | None = None) -> MediaPipeDetector:
+    """A BlazeFace model served as ``name``, decoded as ``spec_of``'s (default: its own)."""
+    return MediaPipeDetector(name, SPECS[spec_of or name], classes=("face",))
+
+
+FACE = frozenset({"face"})
+
+
 def _tensor(name, datatype, shape):
     return SimpleNamespace(name=name, datatype=datatype, shape=shape)
 
@@ -129,7 +139,7 @@ def _contract(variant):
 
 
 def test_contract_check_accepts_the_model_repository_contract():
-    model = _Model("blazeface_full_range", FULL_RANGE, generate_anchors(FULL_RANGE))
+    model = _face_model("blazeface_full_range")
     metadata, config = _contract(FULL_RANGE)
     assert contract_problems(model, metadata, config) == []
     config["max_batch_size"] = 1  # any batch limit: the client sends one image per call
@@ -137,7 +147,7 @@ def test_contract_check_accepts_the_model_repository_contract():
 
 
 def test_contract_check_reports_each_mismatch():
-    model = _Model("blazeface_short_range", SHORT_RANGE, generate_anchors(SHORT_RANGE))
+    model = _face_model("blazeface_short_range")
     metadata, config = _contract(FULL_RANGE)  # the other model's shapes
     config["max_batch_size"] = 0
     config["output"][1]["data_type"] = "TYPE_FP16"
@@ -155,7 +165,7 @@ def test_contract_check_reports_each_mismatch():
 
 def test_contract_check_wants_a_dynamic_batch_dimension():
     """The pre-batching contract (max_batch_size 0, a fixed batch of 1 in the dims) fails."""
-    model = _Model("blazeface_short_range", SHORT_RANGE, generate_anchors(SHORT_RANGE))
+    model = _face_model("blazeface_short_range")
     metadata, config = _contract(SHORT_RANGE)
     metadata.inputs = [_tensor("input", "FP32", [1, 128, 128, 3])]
     config["max_batch_size"] = 0
@@ -176,8 +186,9 @@ def test_detection_is_a_frozen_slotted_value():
 
 def test_classes_and_models():
     detector = FaceDetector("127.0.0.1:1")
-    assert detector.classes == frozenset({"face"})
-    assert detector.model_names == tuple(DEFAULT_MODELS)
+    assert detector.classes == frozenset({"face", "person", "hand"})
+    assert detector.model_names == DEFAULT_MODELS
+    assert dict(detector.class_weights) == {}  # the shipped classes files give no weights
 
 
 def _closed_port() -> int:
@@ -232,7 +243,7 @@ async def test_a_passing_readiness_check_closes_the_breaker(triton_sidecar):
             await detector.detect(skimage.data.astronaut())
         assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
         assert await detector.ready() is True
-        assert len(await detector.detect(skimage.data.astronaut())) == 1
+        assert len(await detector.detect(skimage.data.astronaut(), classes=FACE)) == 1
     finally:
         await detector.close()
 
@@ -273,19 +284,21 @@ async def test_ready_against_the_sidecar(detector):
 
 @pytest.mark.triton
 async def test_astronaut_has_exactly_one_face(detector):
-    faces = await detector.detect(skimage.data.astronaut())
+    faces = await detector.detect(skimage.data.astronaut(), classes=FACE)
     assert len(faces) == 1
     face = faces[0]
     assert face.class_name == "face" and face.confidence > 0.85
+    assert face.model in FACE_MODELS
     _assert_astronaut_face(face)
-    assert sorted(model for model, _ in detector.timings) == sorted(DEFAULT_MODELS)
+    # Only the face models ran, each once.
+    assert sorted(model for model, _ in detector.timings) == sorted(FACE_MODELS)
     assert all(seconds > 0 for _, seconds in detector.timings)
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("size", [256, 1024])
 async def test_coordinates_follow_the_image_scale(detector, size):
-    faces = await detector.detect(_resized(skimage.data.astronaut(), size, size))
+    faces = await detector.detect(_resized(skimage.data.astronaut(), size, size), classes=FACE)
     assert len(faces) == 1
     _assert_astronaut_face(faces[0], scale=size / 512)
 
@@ -294,7 +307,7 @@ async def test_coordinates_follow_the_image_scale(detector, size):
 async def test_coordinates_survive_letterboxing_a_wide_image(detector):
     canvas = np.full((512, 900, 3), 128, np.uint8)
     canvas[:, 300:812] = skimage.data.astronaut()
-    faces = await detector.detect(canvas)
+    faces = await detector.detect(canvas, classes=FACE)
     assert len(faces) == 1
     _assert_astronaut_face(faces[0], offset=(300, 0))
 
@@ -306,7 +319,7 @@ async def test_coordinates_survive_letterboxing_a_wide_image(detector):
     ids=["coffee", "flat-grey"],
 )
 async def test_no_face_no_detection(detector, image):
-    assert await detector.detect(image) == []
+    assert await detector.detect(image, classes=FACE) == []
 
 
 @pytest.mark.triton
@@ -320,7 +333,9 @@ async def test_a_deadline_shorter_than_inference_is_a_timeout(detector):
 async def test_a_missing_model_is_not_ready(triton_sidecar):
     # retry_after_s=0: the breaker that ready() opens must not hide the real call's reason.
     detector = FaceDetector(
-        triton_sidecar.grpc_url, models={"no_such_model": SHORT_RANGE}, retry_after_s=0
+        triton_sidecar.grpc_url,
+        models=[_face_model("no_such_model", "blazeface_short_range")],
+        retry_after_s=0,
     )
     try:
         assert await detector.ready() is False
@@ -334,7 +349,10 @@ async def test_a_missing_model_is_not_ready(triton_sidecar):
 @pytest.mark.triton
 async def test_a_contract_mismatch_is_not_ready(triton_sidecar):
     # The short-range model decoded as if it were the full-range one.
-    detector = FaceDetector(triton_sidecar.grpc_url, models={"blazeface_short_range": FULL_RANGE})
+    detector = FaceDetector(
+        triton_sidecar.grpc_url,
+        models=[_face_model("blazeface_short_range", "blazeface_full_range")],
+    )
     try:
         assert await detector.ready() is False
     finally:
@@ -351,7 +369,7 @@ async def test_measure_triton_latency(detector, record_property):
     detect_seconds = []
     for _ in range(50):
         started = time.perf_counter()
-        await detector.detect(image)
+        await detector.detect(image)  # every model: face, person, hand
         detect_seconds.append(time.perf_counter() - started)
     lines = []
     for name in DEFAULT_MODELS:

@@ -150,7 +150,12 @@ def test_a_model_whose_configs_use_different_backends_is_refused(tmp_path):
 
 def test_the_real_repository_derives_to_python_backend_models(tmp_path):
     names = derive_python_backend_repository(REPO_ROOT / "model_repository", tmp_path / "models")
-    assert names == ["blazeface_full_range", "blazeface_short_range"]
+    assert names == [
+        "blazeface_full_range",
+        "blazeface_short_range",
+        "palm_detection_full",
+        "pose_detection",
+    ]
     cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
     for name in names:
         assert (tmp_path / "models" / name / "1" / "model.py").is_file()
@@ -271,7 +276,12 @@ def _get(url: str) -> tuple[int, str]:
 @pytest.mark.triton
 def test_the_session_sidecar_serves_every_model(triton_sidecar):
     assert triton_sidecar.running
-    assert triton_sidecar.model_names == ["blazeface_full_range", "blazeface_short_range"]
+    assert triton_sidecar.model_names == [
+        "blazeface_full_range",
+        "blazeface_short_range",
+        "palm_detection_full",
+        "pose_detection",
+    ]
     assert triton_sidecar.grpc_url.startswith("127.0.0.1:")
     assert _get(f"http://{triton_sidecar.http_url}/v2/health/ready")[0] == 200
     for name in triton_sidecar.model_names:

@@ -1,0 +1,225 @@
+"""Refinements of the BlazeFace pipeline for small faces and false boxes (issue 8). Pure numpy.
+
+Measured by ``bench/detection.py`` (figures and the command in bench/README.md, "Detection").
+Wired: `inference.client.Detector` runs the per-model thresholds and the group-box suppression
+in ``detect`` and the tiles in ``detect_tiles``; `imagesvc.engine` applies the rule
+(`needs_tiled_pass`) and makes the tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
+``xmin, ymin, xmax, ymax`` float arrays in one image's pixels, scores ``(N,)``, as in
+`inference.blazeface`.
+
+1. **Per-model score thresholds** (`MODEL_SCORE_THRESHOLDS`, `score_threshold`): each model's
+   raw boxes are decoded with its own threshold instead of one for both.
+2. **A tiled pass** (`plan_tiles`, `needs_tiled_pass`, `drop_tile_edge_boxes`, `tile_to_image`):
+   when the rule says the faces may be too small for the 192 px full-range input, the image
+   is downscaled to a larger detector input (`TILED_INPUT_SIDE`), cut into overlapping
+   square-ish tiles (`TILE_GRID`), and each tile goes through the full-range model alone.
+   Boxes touching a tile's inner edge are dropped (the overlapping neighbour sees that face
+   whole), the rest are mapped back and merged with the first pass in one weighted NMS, each
+   tile's boxes as a list of their own: `inference.client.merge_detections` merges only
+   across lists, and a face two overlapping tiles both see whole must come out once.
+3. **A merge that does not fuse neighbours** (`suppress_group_boxes`): after weighted NMS, a
+   box that wholly contains two or more better-scored kept boxes is the model's low-resolution
+   view of a group of faces, not a face: it is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Triton model name -> minimum score of a raw box (see bench/README.md, Detection).
+MODEL_SCORE_THRESHOLDS: Mapping[str, float] = {
+    "blazeface_short_range": 0.6,
+    "blazeface_full_range": 0.5,
+}
+
+# The tiled pass: long side of its detector input, tiles per side (columns, rows for a
+# landscape image; swapped for portrait) and the overlap between neighbouring tiles as a
+# share of a tile's side.
+TILED_INPUT_SIDE = 2048
+TILE_GRID = (4, 3)
+TILE_OVERLAP = 0.25
+# Minimum score of a tile's full-range box.
+TILE_SCORE_THRESHOLD = 0.6
+# The rule: run the tiled pass when the source is at least this much larger than the first
+# pass's detector input (else tiles would only upscale) and no face found in the first pass
+# is at least LARGE_FACE_PX tall at the first pass's input.
+TILING_MIN_SOURCE_RATIO = 1.5
+LARGE_FACE_PX = 40.0
+# suppress_group_boxes: share of a kept box's area inside the candidate for it to count as
+# contained, and how many contained boxes make the candidate a group box.
+GROUP_CONTAINMENT = 0.8
+GROUP_MIN_MEMBERS = 2
+
+
+def score_threshold(
+    model_name: str, default: float, thresholds: Mapping[str, float] = MODEL_SCORE_THRESHOLDS
+) -> float:
+    """The score threshold for ``model_name``'s raw boxes (``default`` for unknown models)."""
+    return float(thresholds.get(model_name, default))
+
+
+@dataclass(frozen=True, slots=True)
+class Tile:
+    """A window of the tiled pass's input image, in its pixels (``right``/``bottom``
+    exclusive)."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+
+def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
+    """``count`` windows covering [0, length) evenly, each ``overlap`` of its size shared with
+    the next."""
+    if count <= 1 or length <= 1:
+        return [(0, length)]
+    # count * size - (count - 1) * overlap * size = length
+    size = math.ceil(length / (count - (count - 1) * overlap))
+    size = min(size, length)
+    step = (length - size) / (count - 1)
+    spans = []
+    for i in range(count):
+        start = int(round(i * step))
+        spans.append((start, min(length, start + size)))
+    return spans
+
+
+def plan_tiles(
+    width: int,
+    height: int,
+    grid: tuple[int, int] = TILE_GRID,
+    overlap: float = TILE_OVERLAP,
+) -> list[Tile]:
+    """Overlapping tiles covering a ``width`` x ``height`` image, row by row.
+
+    ``grid`` is (along the long side, along the short side); a side whose tiles would come out
+    more than 1.5 times longer than the other side's gets one more tile (so tiles stay roughly
+    square, as the square model input wants). ``overlap`` in [0, 0.5).
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"empty image {width}x{height}")
+    if not 0 <= overlap < 0.5:
+        raise ValueError(f"overlap {overlap} not in [0, 0.5)")
+    long_count, short_count = max(1, grid[0]), max(1, grid[1])
+    cols, rows = (long_count, short_count) if width >= height else (short_count, long_count)
+    xs, ys = _spans(width, cols, overlap), _spans(height, rows, overlap)
+    tile_w, tile_h = xs[0][1] - xs[0][0], ys[0][1] - ys[0][0]
+    while tile_w > 1.5 * tile_h and cols < width:
+        cols += 1
+        xs = _spans(width, cols, overlap)
+        tile_w = xs[0][1] - xs[0][0]
+    while tile_h > 1.5 * tile_w and rows < height:
+        rows += 1
+        ys = _spans(height, rows, overlap)
+        tile_h = ys[0][1] - ys[0][0]
+    return [Tile(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs]
+
+
+def needs_tiled_pass(
+    source_long_side: int,
+    first_input_long_side: int,
+    face_heights: Sequence[float],
+    *,
+    min_source_ratio: float = TILING_MIN_SOURCE_RATIO,
+    large_face_px: float = LARGE_FACE_PX,
+) -> bool:
+    """The measured rule: tile when the source has the pixels for it (at least
+    ``min_source_ratio`` times the first pass's input) and the first pass found no face at
+    least ``large_face_px`` tall at its input (none, or only small ones: the sign of a
+    frame where faces are small)."""
+    if source_long_side < min_source_ratio * first_input_long_side:
+        return False
+    return not any(h >= large_face_px for h in face_heights)
+
+
+def tiled_input_side(source_long_side: int, side: int = TILED_INPUT_SIDE) -> int:
+    """Long side of the tiled pass's input: ``side``, never more than the source's."""
+    return min(int(side), int(source_long_side))
+
+
+def drop_tile_edge_boxes(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    tile: Tile,
+    image_width: int,
+    image_height: int,
+    margin: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop boxes (in the tile's pixels) that touch an edge of the tile that is not an edge of
+    the image: the face runs on into the neighbouring tile, which overlaps this one and holds
+    it whole (when it is smaller than the overlap)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = np.ones(len(boxes), dtype=bool)
+    if tile.left > 0:
+        keep &= boxes[:, 0] > margin
+    if tile.top > 0:
+        keep &= boxes[:, 1] > margin
+    if tile.right < image_width:
+        keep &= boxes[:, 2] < tile.width - margin
+    if tile.bottom < image_height:
+        keep &= boxes[:, 3] < tile.height - margin
+    return boxes[keep], scores[keep]
+
+
+def tile_to_image(boxes: np.ndarray, tile: Tile, scale_x: float, scale_y: float) -> np.ndarray:
+    """Boxes in a tile's pixels -> the pixels of the image the first pass saw, where the
+    tiled input is ``scale_x``/``scale_y`` times larger (``tiled_w / first_w``)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, 0::2] = (boxes[:, 0::2] + tile.left) / scale_x
+    boxes[:, 1::2] = (boxes[:, 1::2] + tile.top) / scale_y
+    return boxes
+
+
+def _containment(inner: np.ndarray, outer: np.ndarray) -> float:
+    """Share of ``inner``'s area inside ``outer``."""
+    w = max(0.0, min(inner[2], outer[2]) - max(inner[0], outer[0]))
+    h = max(0.0, min(inner[3], outer[3]) - max(inner[1], outer[1]))
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return w * h / area if area > 0 else 0.0
+
+
+def group_box_survivors(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    containment: float = GROUP_CONTAINMENT,
+    min_members: int = GROUP_MIN_MEMBERS,
+) -> list[int]:
+    """Indices of the boxes `suppress_group_boxes` keeps, in descending score order."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    for i in order:
+        members = sum(1 for k in kept if _containment(boxes[k], boxes[i]) >= containment)
+        if members < min_members:
+            kept.append(int(i))
+    return kept
+
+
+def suppress_group_boxes(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    containment: float = GROUP_CONTAINMENT,
+    min_members: int = GROUP_MIN_MEMBERS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop every box that contains (``containment`` of their area) at least ``min_members``
+    kept boxes with a higher score: at low resolution a model sees two adjacent faces as one
+    larger, weaker face. Input in any order; output in descending score order."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    kept = group_box_survivors(boxes, scores, containment, min_members)
+    return boxes[kept], scores[kept]

@@ -1,0 +1,115 @@
+"""The pose and palm models of model_repository/ are what inference.export_mediapipe_detectors
+produced, and its reader of MediaPipe's compiled graphs decodes the protobuf wire format."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from inference import export_blazeface
+from inference import export_mediapipe_detectors as export
+from inference.mediapipe_detectors import SPECS
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+NAMES = [name for name, *_ in export.MODELS]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("device", sorted(export_blazeface.CONFIG_FILES))
+def test_configs_are_what_the_export_writes(name, device):
+    spec = SPECS[name].ssd
+    expected = export_blazeface._config_pbtxt(
+        name,
+        spec.input_size,
+        spec.num_anchors,
+        device,
+        num_coords=spec.num_coords,
+        generator=export.GENERATOR,
+    )
+    assert (REPOSITORY / name / export_blazeface.CONFIG_FILES[device]).read_text() == expected
+
+
+def test_provenance_and_notice_record_the_committed_files():
+    provenance = (REPOSITORY / "PROVENANCE.md").read_text()
+    for name in NAMES:
+        digest = hashlib.sha256((REPOSITORY / name / "1" / "model.onnx").read_bytes()).hexdigest()
+        row = next(line for line in provenance.splitlines() if line.startswith(f"| `{name}` | `"))
+        assert f"`{digest}`" in row, f"{name}: model.onnx changed without re-running the export"
+        # Six figures against LiteRT (the fifth: batched vs alone), then LiteRT against itself.
+        figures = next(
+            line for line in provenance.splitlines() if re.match(rf"\| `{name}` \| \d", line)
+        )
+        assert re.fullmatch(rf"\| `{name}` \|( \d\.\d\de[-+]\d\d \|){{7}}", figures)
+    assert export.SOURCE_WHEEL_SHA256 in provenance
+    assert ".venv/bin/python -m inference.export_mediapipe_detectors" in provenance
+    # Both exporters' sections are there, each once.
+    for key in (export_blazeface.GENERATOR, export.GENERATOR):
+        begin, end = export_blazeface._markers(REPOSITORY / "PROVENANCE.md", key)
+        assert provenance.count(begin) == provenance.count(end) == 1
+    begin, end = export_blazeface._markers(REPOSITORY / "NOTICE", export.GENERATOR)
+    assert f"{begin}\n{export.NOTICE.rstrip()}\n{end}\n" in (REPOSITORY / "NOTICE").read_text()
+
+
+# -- the protobuf wire format -------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire) + payload
+
+
+def _text(number: int, value: bytes) -> bytes:
+    return _field(number, 2, _varint(len(value)) + value)
+
+
+def test_decode_reads_varints_floats_strings_and_repeated_fields():
+    schema = export.OPTION_FIELDS["SsdAnchorsCalculator"]
+    message = (
+        _field(1, 0, _varint(224))
+        + _field(3, 5, struct.pack("<f", 0.1484375))
+        + _field(10, 0, _varint(8))
+        + _field(10, 0, _varint(16))
+        + _text(10, _varint(32) + _varint(32))  # packed
+        + _field(11, 5, struct.pack("<f", 1.0))
+        + _field(14, 0, _varint(1))
+    )
+    assert export._decode(message, schema) == {
+        "input_size_width": 224,
+        "min_scale": 0.1484375,
+        "strides": [8, 16, 32, 32],
+        "aspect_ratios": [1.0],
+        "fixed_anchor_size": True,
+    }
+    negative = _field(20, 0, _varint(-1))
+    assert export._decode(negative, export.OPTION_FIELDS["TensorsToDetectionsCalculator"]) == {
+        "max_results": -1
+    }
+    with pytest.raises(ValueError, match="unknown field 99"):
+        export._decode(_field(99, 0, _varint(1)), schema)
+    with pytest.raises(ValueError):
+        export.wire_fields(b"\x08")  # a varint cut short
+
+
+def test_read_graph_finds_a_graph_after_zero_padding():
+    options = _text(247258239, _field(7, 0, _varint(5)))  # SsdAnchorsCalculatorOptions.ext
+    node = _text(2, b"SsdAnchorsCalculator") + _text(6, b"anchors") + _text(7, options)
+    graph = _text(1, node) + _text(20, b"SomeDetectionCpu")
+    binary = b"\x01garbage\x00\x00\x00" + graph + b"\x00\x00tail"
+    parsed = export.read_graph(binary, "SomeDetectionCpu")
+    assert parsed["type"] == ["SomeDetectionCpu"]
+    assert export.graph_node(parsed, "SsdAnchorsCalculator") == {"num_layers": 5}
+    with pytest.raises(ValueError, match="0 serialized graphs"):
+        export.read_graph(binary, "OtherCpu")

@@ -1,0 +1,144 @@
+"""inference/face_refine.py: thresholds, the tiling plan and rule, tile edges, group boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference import face_refine
+from inference.face_refine import (
+    Tile,
+    drop_tile_edge_boxes,
+    needs_tiled_pass,
+    plan_tiles,
+    score_threshold,
+    suppress_group_boxes,
+    tile_to_image,
+    tiled_input_side,
+)
+
+
+def test_per_model_thresholds_and_the_default_for_other_models():
+    thresholds = {"blazeface_short_range": 0.6, "blazeface_full_range": 0.5}
+    assert score_threshold("blazeface_short_range", 0.5, thresholds) == 0.6
+    assert score_threshold("blazeface_full_range", 0.9, thresholds) == 0.5
+    assert score_threshold("pose_detection", 0.45, thresholds) == 0.45
+
+
+def _covered(tiles: list[Tile], width: int, height: int) -> np.ndarray:
+    seen = np.zeros((height, width), dtype=int)
+    for t in tiles:
+        seen[t.top : t.bottom, t.left : t.right] += 1
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "grid", "cols", "rows"),
+    [(2048, 1482, (4, 3), 4, 3), (1482, 2048, (4, 3), 3, 4), (1024, 768, (2, 2), 2, 2)],
+)
+def test_tiles_cover_the_image_with_the_grid_turned_to_its_orientation(
+    width, height, grid, cols, rows
+):
+    tiles = plan_tiles(width, height, grid, overlap=0.25)
+    assert len(tiles) == cols * rows
+    assert len({t.left for t in tiles}) == cols and len({t.top for t in tiles}) == rows
+    assert (_covered(tiles, width, height) >= 1).all()
+    for t in tiles:
+        assert 0 <= t.left < t.right <= width and 0 <= t.top < t.bottom <= height
+
+
+def test_neighbouring_tiles_share_the_overlap():
+    tiles = plan_tiles(1000, 400, (2, 1), overlap=0.25)
+    assert len(tiles) == 2  # 1000 wide, 400 tall: each tile ~572 x 400, not too long
+    left, right = tiles
+    assert left.left == 0 and right.right == 1000
+    shared = left.right - right.left
+    assert shared == pytest.approx(0.25 * left.width, abs=1)
+
+
+def test_a_long_strip_gets_more_tiles_to_stay_roughly_square():
+    tiles = plan_tiles(3000, 500, (2, 1), overlap=0.2)
+    assert all(t.width <= 1.5 * t.height for t in tiles)
+    assert (_covered(tiles, 3000, 500) >= 1).all()
+
+
+def test_one_tile_per_side_is_the_whole_image():
+    assert plan_tiles(300, 200, (1, 1)) == [Tile(0, 0, 300, 200)]
+
+
+@pytest.mark.parametrize("overlap", [-0.1, 0.5, 0.9])
+def test_plan_refuses_bad_overlap(overlap):
+    with pytest.raises(ValueError):
+        plan_tiles(100, 100, (2, 2), overlap)
+
+
+def test_tiled_pass_rule():
+    # A large source where the first pass found nothing, or only small faces: tile.
+    assert needs_tiled_pass(3000, 512, [])
+    assert needs_tiled_pass(3000, 512, [14.0, 22.5])
+    # One face large enough at the detector input: the frame is not a crowd shot.
+    assert not needs_tiled_pass(3000, 512, [14.0, 40.0])
+    # The source has no pixels beyond the first pass's input: tiles would only upscale.
+    assert not needs_tiled_pass(700, 512, [])
+    assert needs_tiled_pass(768, 512, [])  # exactly 1.5 x
+
+
+def test_tiled_input_never_exceeds_the_source():
+    assert tiled_input_side(3000) == face_refine.TILED_INPUT_SIDE
+    assert tiled_input_side(1080, 2048) == 1080
+
+
+def test_boxes_touching_an_inner_tile_edge_are_dropped_those_on_image_edges_kept():
+    # A tile in the middle column of the top row of a 1000 x 1000 image.
+    tile = Tile(300, 0, 700, 400)
+    boxes = np.array(
+        [
+            [0.0, 100, 40, 140],  # touches the tile's left edge (inner): dropped
+            [100, 0, 140, 40],  # touches the top edge, which is the image's: kept
+            [360, 100, 400, 140],  # touches the right edge (inner): dropped
+            [100, 370, 140, 400],  # touches the bottom edge (inner): dropped
+            [100, 100, 140, 140],  # inside: kept
+        ]
+    )
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    kept, kept_scores = drop_tile_edge_boxes(boxes, scores, tile, 1000, 1000)
+    assert kept_scores.tolist() == [0.8, 0.5]
+    assert kept.tolist() == [[100, 0, 140, 40], [100, 100, 140, 140]]
+
+
+def test_tile_boxes_map_back_to_the_first_pass_image():
+    # Tiled input twice the first pass's size; tile at (600, 200) of it.
+    boxes = np.array([[10.0, 20, 50, 60]])
+    mapped = tile_to_image(boxes, Tile(600, 200, 900, 500), 2.0, 2.0)
+    assert mapped.tolist() == [[305.0, 110.0, 325.0, 130.0]]
+
+
+def test_a_box_around_two_better_faces_is_suppressed():
+    boxes = np.array(
+        [
+            [100.0, 100, 140, 140],  # face A
+            [150.0, 100, 190, 140],  # face B, beside A
+            [90.0, 80, 200, 190],  # the low-resolution view of both: a group box
+            [400.0, 100, 440, 140],  # a face elsewhere
+        ]
+    )
+    scores = np.array([0.9, 0.85, 0.6, 0.7])
+    kept, kept_scores = suppress_group_boxes(boxes, scores)
+    assert kept_scores.tolist() == [0.9, 0.85, 0.7]
+    assert [b[0] for b in kept] == [100.0, 150.0, 400.0]
+
+
+def test_a_large_face_around_one_smaller_box_is_kept_and_so_is_a_better_group_box():
+    # Contains only one better box: an eye or a mouth box inside a face, not a group.
+    boxes = np.array([[100.0, 100, 140, 140], [80.0, 80, 200, 200]])
+    _, scores = suppress_group_boxes(boxes, np.array([0.9, 0.6]))
+    assert scores.tolist() == [0.9, 0.6]
+    # A box scored above the boxes it contains is checked before them: it stays.
+    boxes = np.array([[100.0, 100, 140, 140], [150.0, 100, 190, 140], [90.0, 80, 200, 190]])
+    _, scores = suppress_group_boxes(boxes, np.array([0.6, 0.55, 0.95]))
+    assert scores.tolist() == [0.95, 0.6, 0.55]
+
+
+def test_group_suppression_of_nothing():
+    boxes, scores = suppress_group_boxes(np.zeros((0, 4)), np.zeros(0))
+    assert boxes.shape == (0, 4) and scores.shape == (0,)
