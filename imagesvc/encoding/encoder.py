@@ -1,0 +1,531 @@
+"""The encoder facade: format, quality (fixed or autoquality), max_bytes, per-format options,
+PNG auto-quantization and best format, for one result image (README "Output encoding").
+
+``encode_output`` is what ``engine.encode`` does, plus everything the encoding spec asks. With a
+fixed quality, no max_bytes and one format it is one save, streamed from the image the engine
+watches, as before. Anything needing more than one encode first copies the prepared image to
+memory (that copy reads through the watched image, so the deadline kills it; pass ``watch`` to
+have the engine watch the copy too) and calls ``kill_check`` between trial encodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import pyvips
+
+from imagesvc.encoding import best_format
+from imagesvc.encoding.search import fit_max_bytes, search_quality
+from imagesvc.encoding.savers import (
+    WRITABLE_FORMATS,
+    SaveParams,
+    png_palette_size,
+    prepare,
+    save,
+    source_palette,
+)
+from imagesvc.encoding.spec import ENUM_BY_METHOD, QUALITY_FORMATS, EncodingSpec
+from imagesvc.options import ENUM_BY_FORMAT, OutputSpec
+from imagesvc.settings import Settings
+from imagesvc.v1 import image_service_pb2 as pb
+
+__all__ = [
+    "AUTOQUALITY_ML_UNAVAILABLE",
+    "AUTOQUALITY_SKIPPED",
+    "CandidateResult",
+    "EncodeResult",
+    "EncodingReportValues",
+    "encode_output",
+    "output_format",
+    "source_palette",
+]
+
+AUTOQUALITY_ML_UNAVAILABLE = "AUTOQUALITY_ML_UNAVAILABLE"
+AUTOQUALITY_SKIPPED = "AUTOQUALITY_SKIPPED"
+BEST = "best"
+# AVIF trial encodes run at this effort; the returned file is encoded once more at the
+# requested effort (libaom's effort costs CPU much faster than it saves bytes).
+AVIF_SEARCH_EFFORT = 0
+# For the SIZE method: a file within 5 % under the target ends the search (search_quality's
+# allowed_error is a fraction of the target for sizes; the request's is a DSSIM).
+SIZE_ALLOWED_ERROR = 0.05
+LOSSLESS_FORMATS = ("tiff",)  # always lossless (png unless quantized; webp/avif when asked)
+
+# A quality predictor for the ML method: (prepared image, format) -> first guess, or None when
+# unavailable (the method then falls back to DSSIM, degraded).
+Predictor = Callable[[pyvips.Image, str], "int | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateResult:
+    format: str
+    size_bytes: int
+    quality: int  # 0 when lossless
+    lossless: bool
+    near_lossless: bool = False
+    palette_colors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingReportValues:
+    """What the encoder decided (proto ``EncodingReport``; ``to_proto``)."""
+
+    quality: int = 0  # of the returned file; 0 when lossless
+    method: str = "none"  # none | size | dssim | ml: what chose the quality
+    encodes: int = 1  # saves made for this result (every candidate's), the returned one included
+    achieved_dssim: float = 0.0  # DSSIM of the returned file (dssim and ml methods), else 0
+    target_met: bool = True  # autoquality's target and max_bytes; True when there was none
+    lossless: bool = False
+    palette_colors: int = 0  # entries of the PNG / GIF palette written, 0 otherwise
+    candidates: tuple[CandidateResult, ...] = ()  # best format: every candidate, smallest first
+    near_lossless: bool = False
+
+    def to_proto(self) -> pb.EncodingReport:
+        return pb.EncodingReport(
+            quality=self.quality,
+            method=ENUM_BY_METHOD.get(self.method, pb.AUTOQUALITY_METHOD_NONE),
+            encodes=self.encodes,
+            achieved_dssim=self.achieved_dssim,
+            target_met=self.target_met,
+            lossless=self.lossless,
+            palette_colors=self.palette_colors,
+            candidates=[
+                pb.FormatCandidate(
+                    format=ENUM_BY_FORMAT[c.format],
+                    size_bytes=c.size_bytes,
+                    quality=c.quality,
+                    lossless=c.lossless,
+                )
+                for c in self.candidates
+            ],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeResult:
+    data: bytes
+    format: str
+    report: EncodingReportValues
+    # (reason, message): AUTOQUALITY_ML_UNAVAILABLE, AUTOQUALITY_SKIPPED
+    degradations: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_format(output: OutputSpec, source_format: str) -> str:
+    """The requested format ("best" included), else the source's when it can be written, else
+    JPEG (as ``engine.output_format``)."""
+    return output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
+
+
+def fixed_quality(output: OutputSpec, fmt: str, settings: Settings) -> int:
+    """The request's quality, its per-format quality, then the settings' (as before)."""
+    return (
+        output.quality
+        or output.format_quality.get(fmt)
+        or settings.format_quality.get(fmt)
+        or settings.quality
+    )
+
+
+def png_palette_colors(spec: EncodingSpec, source_colors: int | None) -> int | None:
+    """The palette size a PNG output is quantized to, or None for full colour: AUTO quantizes
+    when the source was paletted (to the request's ``colors``, else the source's palette size),
+    ALWAYS to ``colors`` or IMAGESVC_PNG_QUANTIZATION_COLORS, NEVER never."""
+    png = spec.png
+    if png.quantize == "never":
+        return None
+    if png.quantize == "always":
+        return png.colors or spec.png_colors_default
+    if source_colors:
+        return png.colors or source_colors
+    return None
+
+
+def gif_palette_size(data: bytes) -> int:
+    """Entries of a GIF's global colour table (0 without one)."""
+    if len(data) < 13 or data[:3] != b"GIF":
+        return 0
+    flags = data[10]
+    return 1 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+
+# --- the facade ---------------------------------------------------------------------------
+
+
+def encode_output(
+    image: pyvips.Image,
+    output: OutputSpec,
+    source_format: str,
+    source_palette: int | None,
+    settings: Settings,
+    *,
+    kill_check: Callable[[], None] | None = None,
+    history=None,
+    watch: Callable[[pyvips.Image], pyvips.Image] | None = None,
+    predictor: Predictor | None = None,
+) -> EncodeResult:
+    """Encode the result image as ``output`` asks.
+
+    ``source_palette``: ``source_palette(header image, source format)``, for PNG
+    auto-quantization. ``kill_check`` (the engine's deadline check) runs between trial encodes.
+    ``history``: a ``search.GuessHistory`` (its prior for the format, size bucket and method
+    seeds each search, which it then learns from) or a ``search.QualityCurve`` used as the
+    prior as it is; None: no prior. ``watch`` names the in-memory
+    copy trial encodes read from (the engine's ``StepContext.watch``), so a deadline kills a
+    running trial encode too. ``predictor``: the ML method's first guess (None: ML falls back to
+    DSSIM, degraded).
+    """
+    spec = output.encoding or EncodingSpec.from_settings(settings)
+    job = _Job(output, spec, settings, source_palette, kill_check, history, watch, predictor)
+    fmt = output_format(output, source_format)
+    if fmt == BEST:
+        return job.best(image)
+    return job.single(image, fmt)
+
+
+@dataclass
+class _Outcome:
+    data: bytes
+    params: SaveParams
+    method: str = "none"
+    dssim: float = 0.0
+    target_met: bool = True
+
+
+class _Job:
+    def __init__(
+        self,
+        output: OutputSpec,
+        spec: EncodingSpec,
+        settings: Settings,
+        source_colors: int | None,
+        kill_check: Callable[[], None] | None,
+        history,
+        watch: Callable[[pyvips.Image], pyvips.Image] | None,
+        predictor: Predictor | None,
+    ) -> None:
+        self.output = output
+        self.spec = spec
+        self.settings = settings
+        self.source_colors = source_colors
+        self.kill_check = kill_check or (lambda: None)
+        self.history = history
+        self.watch = watch or (lambda image: image)
+        self.predictor = predictor
+        self.encodes = 0
+        self.degradations: list[tuple[str, str]] = []
+        self._references: dict[bool, object] = {}
+        self._method: str | None = None
+
+    # --- what to do ---------------------------------------------------------------------
+
+    def params(self, fmt: str, **changes) -> SaveParams:
+        """The save parameters of ``fmt`` at its fixed quality, with the request's options."""
+        spec = self.spec
+        base = SaveParams(fmt, fixed_quality(self.output, fmt, self.settings))
+        if fmt == "jpeg":
+            base = replace(base, spec=spec.jpeg)
+        elif fmt == "png":
+            base = replace(
+                base, spec=spec.png, palette_colors=png_palette_colors(spec, self.source_colors)
+            )
+        elif fmt == "webp":
+            mode = spec.webp.compression
+            base = replace(
+                base,
+                spec=spec.webp,
+                effort=spec.webp_effort,
+                lossless=mode == "lossless",
+                near_lossless=mode == "near_lossless",
+            )
+        elif fmt == "avif":
+            base = replace(base, spec=spec.avif, effort=spec.avif.effort)
+        return replace(base, **changes)
+
+    def method(self, image: pyvips.Image) -> str:
+        """The autoquality method that applies to this image (degradations noted once)."""
+        if self._method is not None:
+            return self._method
+        aq = self.spec.autoquality
+        method = aq.method
+        if method != "none" and aq.max_resolution_mp > 0:
+            megapixels = image.width * image.height / 1e6
+            if megapixels > aq.max_resolution_mp:
+                self.degradations.append(
+                    (
+                        AUTOQUALITY_SKIPPED,
+                        f"autoquality skipped: the image is {megapixels:.1f} MP, over the "
+                        f"{aq.max_resolution_mp:g} MP limit; the fixed quality was used",
+                    )
+                )
+                method = "none"
+        if method == "ml" and self.predictor is None:
+            self.degradations.append(
+                (
+                    AUTOQUALITY_ML_UNAVAILABLE,
+                    "the ML quality predictor is unavailable; the quality was searched by DSSIM",
+                )
+            )
+            method = "dssim"
+        self._method = method
+        return method
+
+    def searches(self, params: SaveParams, method: str) -> bool:
+        """Whether this encode needs more than one save."""
+        lossy = params.format in QUALITY_FORMATS and not params.lossless
+        if not lossy:
+            return False
+        if params.near_lossless:
+            return bool(self.spec.max_bytes)
+        return method != "none" or bool(self.spec.max_bytes)
+
+    # --- one format ---------------------------------------------------------------------
+
+    def single(self, image: pyvips.Image, fmt: str) -> EncodeResult:
+        params = self.params(fmt)
+        method = self.method(image) if _quality_chosen(params) else "none"
+        prepared, keep = prepare(image, fmt, self.output.keep_icc, self.output.strip_metadata)
+        if not self.searches(params, method):
+            data = self.save(prepared, params, keep)
+            outcome = _Outcome(data, params)
+            if self.spec.max_bytes:  # not lowered for lossless formats, but reported
+                outcome.target_met = len(data) <= self.spec.max_bytes
+            return self.result(outcome, ())
+        prepared = self.in_memory(prepared)
+        outcome = self.encode_searched(prepared, params, keep, method)
+        return self.result(outcome, ())
+
+    def in_memory(self, image: pyvips.Image) -> pyvips.Image:
+        """The image computed once into memory (several encodes read it)."""
+        return self.watch(image.copy_memory())
+
+    def save(self, image: pyvips.Image, params: SaveParams, keep: str) -> bytes:
+        self.kill_check()
+        self.encodes += 1
+        return save(image, params, keep)
+
+    def reference(self, prepared: pyvips.Image):
+        from imagesvc.encoding.dssim import DssimReference
+
+        key = bool(prepared.hasalpha())
+        if key not in self._references:
+            self._references[key] = DssimReference(prepared, check=self.kill_check)
+        return self._references[key]
+
+    def encode_searched(
+        self, prepared: pyvips.Image, params: SaveParams, keep: str, method: str
+    ) -> _Outcome:
+        """A lossy format's encode at the quality ``method`` picks, then within max_bytes.
+        AVIF's trial encodes run at ``AVIF_SEARCH_EFFORT``; the returned file is encoded once
+        more at the requested effort (and kept only if it still fits max_bytes)."""
+        trial = params
+        if params.format == "avif" and (params.effort or 0) > AVIF_SEARCH_EFFORT:
+            trial = replace(params, effort=AVIF_SEARCH_EFFORT)
+
+        def encode(quality: int) -> bytes:
+            return self.save(prepared, replace(trial, quality=quality), keep)
+
+        def final(quality: int) -> bytes:
+            return self.save(prepared, replace(params, quality=quality), keep)
+
+        later = final if trial is not params else None
+        max_bytes = self.spec.max_bytes
+        if method != "none" and not params.near_lossless:
+            # With max_bytes the final effort waits until the size is settled.
+            outcome = self.autoquality(
+                prepared, trial, encode, None if max_bytes else later, method
+            )
+            if not max_bytes:
+                later = None  # done by the search
+        else:
+            outcome = _Outcome(encode(trial.quality), trial)
+        if max_bytes and len(outcome.data) > max_bytes:
+            outcome = self.fit(prepared, outcome, encode, max_bytes)
+        if later is not None:
+            data = later(outcome.params.quality)
+            if not (max_bytes and len(data) > max_bytes >= len(outcome.data)):
+                dssim = outcome.dssim
+                if outcome.method in ("dssim", "ml"):
+                    dssim = self.reference(prepared).dssim_of(data)
+                met = outcome.target_met and not (max_bytes and len(data) > max_bytes)
+                outcome = _Outcome(data, outcome.params, outcome.method, dssim, met)
+        return replace_params(outcome, effort=params.effort)
+
+    def autoquality(
+        self,
+        prepared: pyvips.Image,
+        params: SaveParams,
+        encode: Callable[[int], bytes],
+        final: Callable[[int], bytes] | None,
+        method: str,
+    ) -> _Outcome:
+        aq = self.spec.autoquality
+        low, high = aq.bounds(params.format)
+        kind = "size" if method == "size" else "dssim"
+        measure = len if kind == "size" else self.reference(prepared)
+        allowed_error = SIZE_ALLOWED_ERROR if kind == "size" else aq.allowed_error
+        first_guess = None
+        if method == "ml" and self.predictor is not None:
+            guess = self.predictor(prepared, params.format)
+            first_guess = min(max(int(guess), low), high) if guess is not None else None
+        options = dict(
+            target=aq.target,
+            low=low,
+            high=high,
+            allowed_error=allowed_error,
+            first_guess=first_guess,
+            final=final,
+        )
+        history = self.history
+        if history is not None and hasattr(history, "search"):
+            key = history.key(params.format, prepared.width, prepared.height, method)
+            scale = float(prepared.width * prepared.height) if kind == "size" else 1.0
+            found = history.search(key, encode, measure, kind=kind, scale=scale, **options)
+        else:
+            found = search_quality(encode, measure, kind=kind, prior=history, **options)
+        # The search counted its own encodes through self.save.
+        dssim = float(found.achieved) if kind == "dssim" else 0.0
+        return _Outcome(
+            found.data, replace(params, quality=found.quality), method, dssim, found.target_met
+        )
+
+    def fit(
+        self,
+        prepared: pyvips.Image,
+        outcome: _Outcome,
+        encode: Callable[[int], bytes],
+        max_bytes: int,
+    ) -> _Outcome:
+        """max_bytes: the highest quality under ``outcome``'s whose file fits, else the
+        smallest tried (target not met)."""
+        params = outcome.params
+        found = fit_max_bytes(encode, outcome.data, params.quality, max_bytes)
+        dssim = 0.0
+        if outcome.method in ("dssim", "ml"):
+            dssim = self.reference(prepared).dssim_of(found.data)
+        aq = self.spec.autoquality
+        # The autoquality target may no longer hold at the lower quality: report both.
+        if outcome.method in ("dssim", "ml"):
+            met = found.target_met and dssim <= aq.target + aq.allowed_error
+        else:
+            met = found.target_met and outcome.target_met
+        return _Outcome(
+            found.data, replace(params, quality=found.quality), outcome.method, dssim, met
+        )
+
+    # --- best format --------------------------------------------------------------------
+
+    def best(self, image: pyvips.Image) -> EncodeResult:
+        formats = self.spec.best_candidates
+        has_alpha = bool(image.hasalpha())
+        limit = self.settings.best_format_max_resolution_mp
+        megapixels = image.width * image.height / 1e6
+        # One prepared copy in memory for every candidate (jpeg flattens it lazily).
+        base, keep = prepare(image, "png", self.output.keep_icc, self.output.strip_metadata)
+        base = self.in_memory(base)
+        if limit > 0 and megapixels > limit:
+            measured = None
+            names = formats[:1]
+        else:
+            measured = best_format.complexity(base)
+            names = formats
+        plan = best_format.candidates(names, has_alpha, measured)
+        tried = self.try_all(base, keep, plan)
+        max_bytes = self.spec.max_bytes
+        if max_bytes and min(len(o.data) for o in tried) > max_bytes and measured is not None:
+            # The lossless family did not fit: the lossy candidates may.
+            lossy = [c for c in best_format.candidates(names, has_alpha, None) if not c.lossless]
+            if any(c.format in QUALITY_FORMATS for c in lossy) and measured.synthetic:
+                tried += self.try_all(base, keep, lossy)
+        tried.sort(key=lambda o: len(o.data))
+        candidates = tuple(_candidate(o) for o in tried)
+        return self.result(tried[0], candidates)
+
+    def try_all(
+        self, base: pyvips.Image, keep: str, plan: list[best_format.Candidate]
+    ) -> list[_Outcome]:
+        out = []
+        for candidate in plan:
+            fmt = candidate.format
+            params = self.params(fmt)
+            if fmt == "png":
+                colours = candidate.palette_colors or params.palette_colors
+                params = replace(params, palette_colors=colours)
+            elif fmt == "webp":
+                params = replace(
+                    params,
+                    lossless=candidate.lossless,
+                    near_lossless=candidate.near_lossless,
+                    quality=best_format.NEAR_LOSSLESS_LEVEL
+                    if candidate.near_lossless
+                    else params.quality,
+                )
+            prepared, _ = prepare(base, fmt, True, False)  # flatten for jpeg; profile handled
+            method = self.method(base) if _quality_chosen(params) else "none"
+            if self.searches(params, method):
+                out.append(self.encode_searched(prepared, params, keep, method))
+            else:
+                data = self.save(prepared, params, keep)
+                met = not (self.spec.max_bytes and len(data) > self.spec.max_bytes)
+                out.append(_Outcome(data, params, target_met=met))
+        return out
+
+    # --- the report ---------------------------------------------------------------------
+
+    def result(self, outcome: _Outcome, candidates: tuple[CandidateResult, ...]) -> EncodeResult:
+        params = outcome.params
+        lossless = _lossless(params)
+        palette = 0
+        if params.format == "png" and params.palette_colors:
+            palette = png_palette_size(outcome.data) or 0
+        elif params.format == "gif":
+            palette = gif_palette_size(outcome.data)
+        report = EncodingReportValues(
+            quality=0 if lossless or params.format not in QUALITY_FORMATS else params.quality,
+            method=outcome.method,
+            encodes=self.encodes,
+            achieved_dssim=outcome.dssim,
+            target_met=outcome.target_met,
+            lossless=lossless,
+            palette_colors=palette,
+            candidates=candidates,
+            near_lossless=params.near_lossless and not params.lossless,
+        )
+        return EncodeResult(outcome.data, params.format, report, list(self.degradations))
+
+
+def _quality_chosen(params: SaveParams) -> bool:
+    """Whether autoquality applies: the lossy encodes of JPEG, WebP and AVIF."""
+    return params.format in QUALITY_FORMATS and not params.lossless and not params.near_lossless
+
+
+def replace_params(outcome: _Outcome, **changes) -> _Outcome:
+    return _Outcome(
+        outcome.data,
+        replace(outcome.params, **changes),
+        outcome.method,
+        outcome.dssim,
+        outcome.target_met,
+    )
+
+
+def _lossless(params: SaveParams) -> bool:
+    if params.format == "png":
+        return not params.palette_colors
+    if params.format in LOSSLESS_FORMATS:
+        return True
+    return params.lossless
+
+
+def _candidate(outcome: _Outcome) -> CandidateResult:
+    params = outcome.params
+    lossless = _lossless(params)
+    palette = png_palette_size(outcome.data) or 0 if params.format == "png" else 0
+    return CandidateResult(
+        params.format,
+        len(outcome.data),
+        0 if lossless or params.format not in QUALITY_FORMATS else params.quality,
+        lossless,
+        params.near_lossless and not params.lossless,
+        palette if params.palette_colors else 0,
+    )
