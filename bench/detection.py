@@ -1,0 +1,847 @@
+"""Face detection and object-gravity crops on a labelled photo set (issue 8).
+
+    .venv/bin/python bench/detection_data.py            # once: fetch the photos (see there)
+    .venv/bin/python bench/detection.py [--triton-url HOST:PORT] [--max-side 512]
+                                        [--picture docs/images/detection-crops-9x16.jpg]
+
+Starts the local Triton sidecar (``inference.sidecar``) unless ``--triton-url`` names a running
+one. For every photo of ``bench/detection_manifest.json`` it computes what the service computes:
+the auto-rotated image, ``imagesvc.engine.detector_input(image, max_side)``, BlazeFace short and
+full range on it. The raw boxes of each model (score >= 0.25) are kept, so that every detector
+configuration below is post-processing of the same model outputs:
+
+* ``current``: what ``inference.client.FaceDetector`` returns with the service's settings (one
+  score threshold 0.5, weighted NMS at IoU 0.3). The run checks that it equals the client's
+  own output on every photo (``client_check`` in the JSON).
+* per-model thresholds, the group-box suppression and the tiled pass of
+  ``inference/face_refine.py`` (the tiles go through the full-range model on a larger copy).
+
+Detection figures: recall by face size, precision, false boxes per face-free photo (each
+listed), with labelled faces matched at IoU >= 0.3 (``MATCH_IOU``), greedily by score.
+
+Crop figures: fill crops at 1:1, 3:4, 9:16 and 16:9, as large as the photo allows, placed by
+object gravity in each mode (``imagesvc.objects.placement.place`` with the detections as
+objects; smart gravity when there are none, as the service falls back), by smart gravity
+(``imagesvc.ops.gravity.smart_centre``) and by centre gravity; each scored against the labelled
+faces (a face is kept whole when its box is inside the crop, with 2 px of slack).
+
+Writes ``bench/results/detection-<time>.json`` and ``.md`` (gitignored) and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import inspect
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from inference import face_refine  # noqa: E402
+
+LABELS = BENCH / "detection_labels.json"
+RESULTS = BENCH / "results"
+
+MATCH_IOU = 0.3
+KEEP_SLACK = 2.0
+RAW_FLOOR = 0.25  # raw boxes kept per model; every threshold tried is above it
+ASPECTS = {"1:1": (1, 1), "3:4": (3, 4), "9:16": (9, 16), "16:9": (16, 9)}
+MODES = ("max_score_area", "one_best", "one_best_centermost")
+ARMS = (*MODES, "smart", "centre")
+CAPTIONS = {
+    "max_score_area": "max score area",
+    "one_best": "one best",
+    "one_best_centermost": "centermost",
+    "smart": "smart",
+    "centre": "centre",
+}
+REL_BUCKETS = ((0.0, 0.05, "<5%"), (0.05, 0.10, "5-10%"), (0.10, 0.20, "10-20%"))
+REL_BUCKETS += ((0.20, math.inf, ">=20%"),)
+ABS_BUCKETS = ((0.0, 20.0, "<20 px"), (20.0, 40.0, "20-40 px"), (40.0, 80.0, "40-80 px"))
+ABS_BUCKETS += ((80.0, math.inf, ">=80 px"),)
+
+Box = tuple[float, float, float, float]  # left, top, width, height
+
+
+# --- pure metrics (tests/bench/test_detection.py) -------------------------------------------
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two (left, top, width, height) boxes."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Match:
+    """The outcome of matching one photo's detections to its labels."""
+
+    hits: dict[int, int] = field(default_factory=dict)  # face index -> detection index
+    false: list[int] = field(default_factory=list)  # detection indices
+    ignored: list[int] = field(default_factory=list)  # detections on an ignore box
+
+
+def match(
+    detections: Sequence[tuple[Box, float]],
+    faces: Sequence[Box],
+    ignore: Sequence[Box] = (),
+    threshold: float = MATCH_IOU,
+) -> Match:
+    """Greedy matching, best score first: each detection takes the unmatched face it overlaps
+    most (IoU >= threshold); one that takes none is ignored when it overlaps an ignore box
+    (IoU >= threshold, or its centre inside it) and false otherwise."""
+    result = Match()
+    order = sorted(range(len(detections)), key=lambda i: -detections[i][1])
+    for i in order:
+        box = detections[i][0]
+        best, best_iou = None, threshold
+        for f, face in enumerate(faces):
+            if f in result.hits:
+                continue
+            overlap = iou(box, face)
+            if overlap >= best_iou:
+                best, best_iou = f, overlap
+        if best is not None:
+            result.hits[best] = i
+            continue
+        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+        if any(
+            iou(box, zone) >= threshold
+            or (zone[0] <= cx <= zone[0] + zone[2] and zone[1] <= cy <= zone[1] + zone[3])
+            for zone in ignore
+        ):
+            result.ignored.append(i)
+        else:
+            result.false.append(i)
+    return result
+
+
+def bucket(value: float, buckets: Sequence[tuple[float, float, str]]) -> str:
+    for lo, hi, name in buckets:
+        if lo <= value < hi:
+            return name
+    raise ValueError(f"{value} in no bucket")
+
+
+def fill_crop(width: int, height: int, aspect: tuple[int, int]) -> tuple[int, int]:
+    """The largest crop of ``aspect`` (w, h) inside width x height, as resize fill cuts it."""
+    aw, ah = aspect
+    if width * ah >= height * aw:  # wider than the aspect: full height
+        return min(width, max(1, round(height * aw / ah))), height
+    return width, min(height, max(1, round(width * ah / aw)))
+
+
+def inside(face: Box, window: Box, slack: float = KEEP_SLACK) -> bool:
+    """The face box lies inside the window, with ``slack`` px to spare on each side."""
+    return (
+        face[0] >= window[0] - slack
+        and face[1] >= window[1] - slack
+        and face[0] + face[2] <= window[0] + window[2] + slack
+        and face[1] + face[3] <= window[1] + window[3] + slack
+    )
+
+
+def all_fit(faces: Sequence[Box], crop_w: int, crop_h: int, slack: float = KEEP_SLACK) -> bool:
+    """Some crop_w x crop_h window can hold every face whole."""
+    if not faces:
+        return True
+    left = min(f[0] for f in faces)
+    top = min(f[1] for f in faces)
+    right = max(f[0] + f[2] for f in faces)
+    bottom = max(f[1] + f[3] for f in faces)
+    return right - left <= crop_w + 2 * slack and bottom - top <= crop_h + 2 * slack
+
+
+@dataclass(frozen=True)
+class CropScore:
+    kept: int  # faces kept whole
+    faces: int
+    fit: bool  # all faces could fit in a window of this size
+    all_kept: bool
+    largest_kept: bool
+
+
+def score_crop(faces: Sequence[Box], window: Box, slack: float = KEEP_SLACK) -> CropScore:
+    """How a crop window treats a photo's labelled faces (``faces`` must not be empty)."""
+    whole = [inside(f, window, slack) for f in faces]
+    largest = max(range(len(faces)), key=lambda i: faces[i][2] * faces[i][3])
+    return CropScore(
+        kept=sum(whole),
+        faces=len(faces),
+        fit=all_fit(faces, int(window[2]), int(window[3]), slack),
+        all_kept=all(whole),
+        largest_kept=whole[largest],
+    )
+
+
+def summarise_crops(scores: Sequence[tuple[CropScore, CropScore]]) -> dict:
+    """(arm's score, centre's score) pairs -> the shares the issue asks for.
+
+    ``all_kept``: share of cases keeping every face whole, among the cases where they all fit;
+    ``largest_kept``: share keeping the largest face whole, among those where they don't;
+    ``fewer_than_centre``: cases keeping fewer whole faces than the centred crop."""
+    fit = [s for s, _ in scores if s.fit]
+    unfit = [s for s, _ in scores if not s.fit]
+    return {
+        "cases": len(scores),
+        "fit_cases": len(fit),
+        "all_kept": sum(s.all_kept for s in fit) / len(fit) if fit else None,
+        "unfit_cases": len(unfit),
+        "largest_kept": sum(s.largest_kept for s in unfit) / len(unfit) if unfit else None,
+        "faces_kept": sum(s.kept for s, _ in scores) / max(1, sum(s.faces for s, _ in scores)),
+        "fewer_than_centre": sum(s.kept < c.kept for s, c in scores),
+    }
+
+
+def recall_table(
+    rows: Sequence[tuple[str, bool]],
+) -> dict[str, dict]:
+    """(bucket, hit) per labelled face -> {bucket: {faces, hits, recall}}."""
+    table: dict[str, dict] = {}
+    for name, hit in rows:
+        entry = table.setdefault(name, {"faces": 0, "hits": 0})
+        entry["faces"] += 1
+        entry["hits"] += int(hit)
+    for entry in table.values():
+        entry["recall"] = entry["hits"] / entry["faces"]
+    return table
+
+
+def xyxy_to_boxes(boxes: np.ndarray, scores: np.ndarray, sx: float, sy: float):
+    """(N, 4) xyxy boxes in detector-input pixels -> [((l, t, w, h), score)] in source pixels."""
+    out = []
+    for (x0, y0, x1, y1), s in zip(np.asarray(boxes).reshape(-1, 4), scores, strict=True):
+        if x1 > x0 and y1 > y0:
+            out.append(((x0 * sx, y0 * sy, (x1 - x0) * sx, (y1 - y0) * sy), float(s)))
+    return out
+
+
+# --- model outputs --------------------------------------------------------------------------
+
+SHORT, FULL = "blazeface_short_range", "blazeface_full_range"
+TILED_SIDES = (1024, 1536, 2048)
+TILED_GRIDS = {1024: (2, 2), 1536: (3, 2), 2048: (4, 3)}
+
+
+@dataclass
+class Outputs:
+    """One model's raw Triton outputs for one input image, and what its ``decode`` needs."""
+
+    outputs: dict
+    state: object
+    size: tuple[int, int]  # (width, height) of the image given to ``prepare``
+
+
+@dataclass
+class Raw:
+    """One photo's raw model outputs: the first pass (both models on the detector input) and
+    the tiled passes (full range on each tile of a larger copy)."""
+
+    width: int  # source (auto-rotated)
+    height: int
+    input_w: int  # first pass's detector input
+    input_h: int
+    first: dict[str, Outputs]
+    # tiled input side -> ((width, height) of the tiled input, [(tile, Outputs)])
+    tiles: dict[int, tuple[tuple[int, int], list]] = field(default_factory=dict)
+    rgb: np.ndarray | None = None
+
+
+class Models:
+    """Raw inference of the client's own BlazeFace model objects over Triton's gRPC, and their
+    decoding at any threshold (``inference.mediapipe_detectors.MediaPipeDetector``: the code
+    the service runs)."""
+
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self._decoders: dict[tuple[str, float], object] = {}
+
+    def decoder(self, name: str, threshold: float, nms: float = 0.3):
+        from inference.client import default_model_repository
+        from inference.mediapipe_detectors import MediaPipeDetector
+
+        key = (name, threshold)
+        if key not in self._decoders:
+            self._decoders[key] = MediaPipeDetector.from_repository(
+                name, default_model_repository(), score_threshold=threshold, nms_threshold=nms
+            )
+        return self._decoders[key]
+
+    def run(self, name: str, rgb: np.ndarray) -> Outputs:
+        model = self.decoder(name, RAW_FLOOR)
+        rgb = np.ascontiguousarray(rgb)
+        tensors, state = model.prepare(rgb)
+        inputs = []
+        for input_name, (datatype, _) in model.inputs.items():
+            infer_input = self._grpc.InferInput(
+                input_name, list(tensors[input_name].shape), datatype
+            )
+            infer_input.set_data_from_numpy(tensors[input_name])
+            inputs.append(infer_input)
+        requested = [self._grpc.InferRequestedOutput(n) for n in model.outputs]
+        result = self.client.infer(name, inputs, outputs=requested)
+        outputs = {n: result.as_numpy(n) for n in model.outputs}
+        return Outputs(outputs, state, (rgb.shape[1], rgb.shape[0]))
+
+    def decode(self, name: str, threshold: float, raw: Outputs):
+        return self.decoder(name, threshold).decode(raw.outputs, raw.state, raw.size)
+
+
+def detector_input(decoded, orientation: int, max_side: int) -> np.ndarray:
+    """``imagesvc.engine.detector_input``: the service's detector input, from the decoded
+    (normalised, not yet rotated) image and its EXIF orientation."""
+    from imagesvc import engine
+
+    if len(inspect.signature(engine.detector_input).parameters) == 3:
+        return engine.detector_input(decoded, orientation, max_side)
+    # Before the engine took the orientation, it was given the rotated image.
+    return engine.detector_input(decoded.autorot() if orientation != 1 else decoded, max_side)
+
+
+def run_models(models: Models, decoded, orientation: int, max_side: int) -> Raw:
+    rgb = detector_input(decoded, orientation, max_side)
+    image_w, image_h = (
+        (decoded.height, decoded.width) if orientation >= 5 else (decoded.width, decoded.height)
+    )
+    raw = Raw(
+        image_w,
+        image_h,
+        rgb.shape[1],
+        rgb.shape[0],
+        {name: models.run(name, rgb) for name in (SHORT, FULL)},
+        rgb=rgb,
+    )
+    long_side = max(image_w, image_h)
+    if long_side < face_refine.TILING_MIN_SOURCE_RATIO * max_side:
+        return raw
+    for side in TILED_SIDES:
+        big = detector_input(decoded, orientation, face_refine.tiled_input_side(long_side, side))
+        height, width = big.shape[:2]
+        tiles = []
+        for tile in face_refine.plan_tiles(width, height, TILED_GRIDS[side]):
+            crop = big[tile.top : tile.bottom, tile.left : tile.right]
+            tiles.append((tile, models.run(FULL, crop)))
+        raw.tiles[side] = ((width, height), tiles)
+    return raw
+
+
+# --- detector configurations: post-processing of the raw outputs ----------------------------
+
+
+def _xyxy(detections) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.array([[d.left, d.top, d.right, d.bottom] for d in detections]).reshape(-1, 4)
+    return boxes, np.array([d.confidence for d in detections], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    short_threshold: float = 0.5
+    full_threshold: float = 0.5
+    group_suppression: bool = False
+    tiled_side: int | None = None  # None: no tiled pass
+    tile_threshold: float = 0.5
+    tiling_rule: str = "rule"  # "rule" (face_refine.needs_tiled_pass) or "always"
+
+    def detect(
+        self, models: Models, raw: Raw, nms: float = 0.3
+    ) -> tuple[list[tuple[Box, float]], bool]:
+        """Detections in source pixels, best first, and whether the tiled pass ran."""
+        from inference.client import merge_detections
+        from inference.detection import Detection
+
+        per_model = [
+            models.decode(SHORT, self.short_threshold, raw.first[SHORT]),
+            models.decode(FULL, self.full_threshold, raw.first[FULL]),
+        ]
+        detections = merge_detections(per_model, nms)
+        tiled = False
+        if self.tiled_side is not None and self.tiled_side in raw.tiles:
+            heights = [d.height for d in detections]
+            if self.tiling_rule == "always" or face_refine.needs_tiled_pass(
+                max(raw.width, raw.height), max(raw.input_w, raw.input_h), heights
+            ):
+                tiled = True
+                (tw, th), tiles = raw.tiles[self.tiled_side]
+                # One list per tile: merge_detections runs its weighted NMS across lists, so
+                # a face seen whole by two overlapping tiles comes out once.
+                # One list per tile: merge_detections runs its weighted NMS across lists, so
+                # a face seen whole by two overlapping tiles comes out once.
+                extra = []
+                for tile, outputs in tiles:
+                    found = models.decode(FULL, self.tile_threshold, outputs)
+                    boxes, scores = face_refine.drop_tile_edge_boxes(*_xyxy(found), tile, tw, th)
+                    boxes = face_refine.tile_to_image(
+                        boxes, tile, tw / raw.input_w, th / raw.input_h
+                    )
+                    extra.append(
+                        [
+                            Detection("face", float(s), x0, y0, x1 - x0, y1 - y0, model="tiles")
+                            for (x0, y0, x1, y1), s in zip(boxes, scores, strict=True)
+                        ]
+                    )
+                detections = merge_detections([*per_model, *extra], nms)
+        boxes, scores = _xyxy(detections)
+        if self.group_suppression:
+            boxes, scores = face_refine.suppress_group_boxes(boxes, scores)
+        sx, sy = raw.width / raw.input_w, raw.height / raw.input_h
+        return xyxy_to_boxes(boxes, scores, sx, sy), tiled
+
+
+CURRENT = Config("current")
+
+
+def configs() -> list[Config]:
+    out = [CURRENT]
+    for short_t in (0.5, 0.6, 0.7):
+        for full_t in (0.5, 0.6, 0.7, 0.8):
+            if (short_t, full_t) != (0.5, 0.5):
+                out.append(Config(f"thr s{short_t}/f{full_t}", short_t, full_t))
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def load_photos(manifest: dict, labels: dict) -> list[dict]:
+    from detection_data import image_path
+
+    photos = []
+    for photo in manifest["photos"]:
+        label = labels["photos"][photo["id"]]
+        photos.append(
+            {
+                "id": photo["id"],
+                "set": photo["set"],
+                "path": image_path(photo),
+                "faces": [tuple(b) for b in label["faces"]],
+                "ignore": [tuple(z["box"]) for z in label["ignore"]],
+                "licence": photo["licence"],
+            }
+        )
+    return photos
+
+
+def evaluate_detection(models, photos: list[dict], raws: dict[str, Raw], config: Config) -> dict:
+    rel_rows, abs_rows = [], []
+    tp = fp = 0
+    false_free, false_faces = [], []
+    tiled = []
+    per_photo = {}
+    for photo in photos:
+        raw = raws[photo["id"]]
+        detections, ran_tiles = config.detect(models, raw)
+        if ran_tiles:
+            tiled.append(photo["id"])
+        m = match(detections, photo["faces"], photo["ignore"])
+        tp += len(m.hits)
+        fp += len(m.false)
+        to_input = raw.input_h / raw.height
+        for f, face in enumerate(photo["faces"]):
+            hit = f in m.hits
+            rel_rows.append((bucket(face[3] / raw.height, REL_BUCKETS), hit))
+            abs_rows.append((bucket(face[3] * to_input, ABS_BUCKETS), hit))
+        false = [
+            {
+                "box": [round(float(v), 1) for v in detections[i][0]],
+                "score": round(float(detections[i][1]), 3),
+            }
+            for i in m.false
+        ]
+        if photo["set"] == "face_free" and false:
+            false_free.append({"photo": photo["id"], "boxes": false})
+        if photo["set"] == "faces" and false:
+            false_faces.append({"photo": photo["id"], "boxes": false})
+        per_photo[photo["id"]] = {
+            "detections": len(detections),
+            "hits": len(m.hits),
+            "faces": len(photo["faces"]),
+            "false": len(m.false),
+        }
+    free = [p for p in photos if p["set"] == "face_free"]
+    faces_total = sum(len(p["faces"]) for p in photos)
+    return {
+        "config": config.__dict__,
+        "recall": tp / faces_total if faces_total else None,
+        "faces": faces_total,
+        "hits": tp,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "false_boxes": fp,
+        "false_per_face_free_photo": sum(len(x["boxes"]) for x in false_free) / len(free),
+        "face_free_photos": len(free),
+        "false_on_face_free": false_free,
+        "false_on_face_photos": false_faces,
+        "recall_by_relative_height": recall_table(rel_rows),
+        "recall_by_input_px": recall_table(abs_rows),
+        "tiled_photos": tiled,
+        "per_photo": per_photo,
+    }
+
+
+def crop_windows(image, detections: list[tuple[Box, float]], aspect) -> dict[str, Box]:
+    from imagesvc.geometry import Box as GBox
+    from imagesvc.objects import placement
+    from imagesvc.ops.gravity import centred_on, compass_position, smart_centre
+    from imagesvc.options import CENTER
+
+    width, height = image.width, image.height
+    cw, ch = fill_crop(width, height, aspect)
+    windows = {}
+    cx, cy = smart_centre(image, cw, ch)
+    smart = centred_on(width, height, cw, ch, cx, cy)
+    windows["smart"] = (*smart, cw, ch)
+    windows["centre"] = (*compass_position(width, height, cw, ch, CENTER), cw, ch)
+    objects = [
+        placement.WeightedObject(GBox(*box).clip(width, height) or GBox(*box), score, 1.0)
+        for box, score in detections
+    ]
+    for mode in MODES:
+        if objects:
+            left, top = placement.place(width, height, cw, ch, objects, mode, CENTER)
+            windows[mode] = (left, top, cw, ch)
+        else:  # nothing found: the service falls back to smart gravity
+            windows[mode] = windows["smart"]
+    return windows
+
+
+def evaluate_crops(models, photos, images, raws, config: Config) -> dict:
+    out: dict = {"per_aspect": {}, "all": {}, "cases": []}
+    pairs: dict[tuple[str, str], list] = {}
+    for photo in photos:
+        if photo["set"] != "faces" or not photo["faces"]:
+            continue
+        image = images[photo["id"]]
+        detections, _ = config.detect(models, raws[photo["id"]])
+        for aspect_name, aspect in ASPECTS.items():
+            cw, ch = fill_crop(image.width, image.height, aspect)
+            if (cw, ch) == (image.width, image.height):
+                continue  # the crop is the whole photo: nothing to place
+            windows = crop_windows(image, detections, aspect)
+            scores = {arm: score_crop(photo["faces"], windows[arm]) for arm in ARMS}
+            out["cases"].append(
+                {
+                    "photo": photo["id"],
+                    "aspect": aspect_name,
+                    "fit": scores["centre"].fit,
+                    "detections": len(detections),
+                    "kept": {arm: scores[arm].kept for arm in ARMS},
+                    "faces": len(photo["faces"]),
+                    "windows": {arm: list(windows[arm]) for arm in ARMS},
+                }
+            )
+            for arm in ARMS:
+                pair = (scores[arm], scores["centre"])
+                pairs.setdefault((arm, aspect_name), []).append(pair)
+                pairs.setdefault((arm, "all"), []).append(pair)
+    for (arm, aspect_name), items in pairs.items():
+        target = out["all"] if aspect_name == "all" else out["per_aspect"].setdefault(arm, {})
+        if aspect_name == "all":
+            target[arm] = summarise_crops(items)
+        else:
+            target[aspect_name] = summarise_crops(items)
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def detection_markdown(results: list[dict]) -> str:
+    rel = [name for _, _, name in REL_BUCKETS]
+    absb = [name for _, _, name in ABS_BUCKETS]
+    first = results[0]
+
+    def counts(table, name):
+        entry = table.get(name)
+        return "–" if entry is None else f"{entry['hits']}/{entry['faces']}"
+
+    head = ["config", "recall", *(f"h {n}" for n in rel), *(f"in {n}" for n in absb)]
+    head += ["precision", "false/face-free photo", "false on face photos", "tiled photos"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cells = [r["config"]["name"], f"{r['hits']}/{r['faces']}"]
+        cells += [counts(r["recall_by_relative_height"], n) for n in rel]
+        cells += [counts(r["recall_by_input_px"], n) for n in absb]
+        cells += [
+            f"{r['precision']:.2f}" if r["precision"] is not None else "–",
+            f"{r['false_per_face_free_photo']:.2f}",
+            str(sum(len(x["boxes"]) for x in r["false_on_face_photos"])),
+            str(len(r["tiled_photos"])),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"{first['faces']} labelled faces, {first['face_free_photos']} face-free photos; "
+        f"match at IoU >= {MATCH_IOU}. h: face box height / photo height; in: face box height "
+        "at the detector input."
+    )
+    return "\n".join(lines)
+
+
+def crops_markdown(crops: dict[str, dict]) -> str:
+    lines = []
+    for config_name, crop in crops.items():
+        lines.append(f"\nDetections: `{config_name}`\n")
+        head = ["aspect", *ARMS]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for aspect in [*ASPECTS, "all"]:
+            cells = [aspect]
+            for arm in ARMS:
+                s = crop["all"][arm] if aspect == "all" else crop["per_aspect"][arm].get(aspect)
+                if s is None:
+                    cells.append("–")
+                    continue
+                cell = (
+                    f"all {_pct(s['all_kept'])} ({s['fit_cases']}) · "
+                    f"largest {_pct(s['largest_kept'])} ({s['unfit_cases']})"
+                )
+                if arm != "centre":
+                    cell += f" · <centre {s['fewer_than_centre']}"
+                cells.append(cell)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        "\nall: share of cases keeping every labelled face whole, among the (n) cases where they "
+        "all fit; largest: share keeping the largest face whole among the (n) where they don't; "
+        "<centre: cases keeping fewer whole faces than the centred crop."
+    )
+    return "\n".join(lines)
+
+
+# --- the picture ----------------------------------------------------------------------------
+
+
+def draw_picture(image, faces, rows: list[tuple[str, dict[str, Box], list]], out: Path) -> None:
+    """One row per detector: the photo cropped by each arm, the labelled faces outlined (green:
+    kept whole, red: cut), the detections in thin yellow; written as ``out``."""
+    import pyvips
+
+    def text(label: str, width: int) -> pyvips.Image:
+        mask = pyvips.Image.text(label, width=width, dpi=110)
+        return mask.new_from_image([255, 255, 255]).bandjoin(mask).flatten(background=[0, 0, 0])
+
+    base = image.colourspace("srgb") if image.bands < 3 else image.extract_band(0, n=3)
+    base = base.cast("uchar").copy_memory()
+    thumb_h = 300
+    row_images = []
+    for row_name, windows, detections in rows:
+        tiles = []
+        for arm in ARMS:
+            left, top, cw, ch = (int(v) for v in windows[arm])
+            crop = base.crop(left, top, cw, ch)
+            scale = thumb_h / ch
+            crop = crop.resize(scale)
+            line = max(2, int(round(crop.width / 150)))
+            for box, _ in detections:
+                bl, bt = (box[0] - left) * scale, (box[1] - top) * scale
+                crop = crop.draw_rect(
+                    [255, 220, 0], int(bl), int(bt), int(box[2] * scale), int(box[3] * scale)
+                )
+            for face in faces:
+                colour = [40, 220, 40] if inside(face, (left, top, cw, ch)) else [230, 30, 30]
+                fl, ft = (face[0] - left) * scale, (face[1] - top) * scale
+                for k in range(line):
+                    crop = crop.draw_rect(
+                        colour,
+                        int(fl) - k,
+                        int(ft) - k,
+                        int(face[2] * scale) + 2 * k,
+                        int(face[3] * scale) + 2 * k,
+                    )
+            caption = text(CAPTIONS[arm], 1000)
+            caption = caption.gravity("centre", max(crop.width, caption.width), caption.height)
+            tiles.append(
+                caption.gravity("north", crop.width, caption.height + 4).join(crop, "vertical")
+            )
+        label = text(row_name, 2000)
+        label = label.embed(4, 4, label.width + 8, label.height + 10, background=[0, 0, 0])
+        row = pyvips.Image.arrayjoin(tiles, across=len(tiles), shim=8, background=[255, 255, 255])
+        row_images.append(label.join(row, "vertical", expand=True, background=[0, 0, 0]))
+    picture = row_images[0]
+    for row in row_images[1:]:
+        picture = picture.join(row, "vertical", expand=True, shim=12, background=[255, 255, 255])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() in (".jpg", ".jpeg"):
+        picture.jpegsave(str(out), Q=72, optimize_coding=True, keep="none")
+    else:
+        picture.pngsave(str(out), compression=9, keep="none")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+async def client_outputs(url: str, rgbs: dict[str, np.ndarray]) -> dict[str, list]:
+    """What inference.client.FaceDetector itself returns (the service's settings)."""
+    from inference.client import FaceDetector
+
+    detector = FaceDetector(url, timeout_s=30.0)
+    out = {}
+    try:
+        for key, rgb in rgbs.items():
+            out[key] = await detector.detect(rgb, classes=frozenset({"face"}))
+    finally:
+        await detector.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--triton-url", help="a running Triton's gRPC host:port")
+    parser.add_argument("--max-side", type=int, default=512, help="detection_max_side")
+    parser.add_argument(
+        "--picture", type=Path, default=REPO / "docs" / "images" / "detection-crops-9x16.jpg"
+    )
+    parser.add_argument("--picture-photo", default="solvay_1927")
+    args = parser.parse_args(argv)
+
+    import pyvips
+
+    from detection_data import load_manifest
+    from imagesvc import vips
+
+    photos = load_photos(load_manifest(), json.loads(LABELS.read_text()))
+    missing = [p["path"] for p in photos if not p["path"].is_file()]
+    if missing:
+        print(f"{len(missing)} photos missing: run bench/detection_data.py", file=sys.stderr)
+        return 2
+
+    sidecar = None
+    url = args.triton_url
+    if url is None:
+        from inference.sidecar import TritonSidecar
+
+        sidecar = TritonSidecar(grpc_port=0, http_port=0, metrics_port=0)
+        sidecar.start()
+        sidecar.wait_ready()
+        url = sidecar.grpc_url
+    try:
+        started = time.monotonic()
+        models = Models(url)
+        images, raws = {}, {}
+        for photo in photos:
+            decoded = vips.normalise(pyvips.Image.new_from_file(str(photo["path"])))
+            decoded = decoded.copy_memory()
+            orientation = decoded.get("orientation") if decoded.get_typeof("orientation") else 1
+            images[photo["id"]] = decoded.autorot().copy_memory()
+            raws[photo["id"]] = run_models(models, decoded, orientation, args.max_side)
+        client = asyncio.run(client_outputs(url, {k: r.rgb for k, r in raws.items()}))
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+
+    # The post-processed `current` must be what the client returns.
+    check = {"photos": len(photos), "mismatches": []}
+    for photo in photos:
+        raw = raws[photo["id"]]
+        mine, _ = CURRENT.detect(models, raw)
+        sx, sy = raw.width / raw.input_w, raw.height / raw.input_h
+        theirs = [
+            ((d.left * sx, d.top * sy, d.width * sx, d.height * sy), d.confidence)
+            for d in client[photo["id"]]
+        ]
+        same = len(mine) == len(theirs) and all(
+            abs(a[1] - b[1]) < 1e-4
+            and max(abs(x - y) for x, y in zip(a[0], b[0], strict=True)) < 0.05
+            for a, b in zip(mine, theirs, strict=True)
+        )
+        if not same:
+            check["mismatches"].append(photo["id"])
+
+    proposals = configs()
+    extra = proposed_configs()
+    detection = [evaluate_detection(models, photos, raws, c) for c in [*proposals, *extra]]
+    crop_configs = [CURRENT, *extra[-1:]]
+    crops = {c.name: evaluate_crops(models, photos, images, raws, c) for c in crop_configs}
+
+    if args.picture:
+        photo = next(p for p in photos if p["id"] == args.picture_photo)
+        image = images[photo["id"]]
+        rows = []
+        for c in crop_configs:
+            detections, _ = c.detect(models, raws[photo["id"]])
+            windows = crop_windows(image, detections, ASPECTS["9:16"])
+            found = f"{len(detections)} detection{'s' if len(detections) != 1 else ''}"
+            rows.append((f"detector: {c.name} ({found})", windows, detections))
+        draw_picture(image, photo["faces"], rows, args.picture)
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    record = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(["bench/detection.py", *(argv if argv is not None else sys.argv[1:])]),
+        "max_side": args.max_side,
+        "match_iou": MATCH_IOU,
+        "keep_slack_px": KEEP_SLACK,
+        "client_check": check,
+        "detection": detection,
+        "crops": crops,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = (
+        "## Detection\n\n"
+        + detection_markdown(detection)
+        + "\n\n## Crops\n"
+        + crops_markdown({name: crops[name] for name in crops})
+    )
+    md += f"\n\nclient check: {len(check['mismatches'])} mismatches over {check['photos']} photos\n"
+    (RESULTS / f"detection-{stamp}.json").write_text(json.dumps(record, indent=1, default=str))
+    (RESULTS / f"detection-{stamp}.md").write_text(md)
+    print(md)
+    for r in (detection[0], detection[-1]):
+        name = r["config"]["name"]
+        print(f"{name}: false boxes on face-free photos: {r['false_on_face_free']}")
+        print(f"{name}: false boxes on face photos: {r['false_on_face_photos']}")
+    print(f"results: {RESULTS / f'detection-{stamp}.json'}")
+    return 1 if check["mismatches"] else 0
+
+
+def proposed_configs() -> list[Config]:
+    """The face_refine steps one at a time, then combined; the last is the proposal as a whole
+    (face_refine's constants)."""
+    out = [Config("+group", group_suppression=True)]
+    for side in TILED_SIDES:
+        grid = "x".join(map(str, TILED_GRIDS[side]))
+        out.append(Config(f"tiles always {side} {grid}", tiled_side=side, tiling_rule="always"))
+        out.append(Config(f"tiles rule {side} {grid}", tiled_side=side))
+    for side in TILED_SIDES:
+        for tile_t in (0.5, 0.6, 0.7):
+            for group in (False, True):
+                name = f"s0.6/f0.5 + tiles rule {side} t{tile_t}" + (" + group" if group else "")
+                out.append(Config(name, 0.6, 0.5, group, side, tile_t))
+    t = face_refine.MODEL_SCORE_THRESHOLDS
+    assert TILED_GRIDS[face_refine.TILED_INPUT_SIDE] == face_refine.TILE_GRID
+    out.append(
+        Config(
+            "proposal",
+            t[SHORT],
+            t[FULL],
+            group_suppression=True,
+            tiled_side=face_refine.TILED_INPUT_SIDE,
+            tile_threshold=face_refine.TILE_SCORE_THRESHOLD,
+        )
+    )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
