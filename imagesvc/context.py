@@ -18,6 +18,7 @@ class DetectedObject:
     class_name: str
     confidence: float
     box: Box  # oriented source-image pixels
+    model: str = ""  # the Triton model that found it
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class StepContext:
     cancelled: bool = False
     # The image every libvips computation of the request reads through right now (see watch).
     killable: pyvips.Image | None = None
+    # Images computations running beside the pipeline read through (the detector's input,
+    # decoded from the source while the pipeline runs): killed together with ``killable``.
+    side: list[pyvips.Image] = field(default_factory=list)
     killed: bool = False
 
     def check_deadline(self) -> None:
@@ -73,6 +77,14 @@ class StepContext:
             image.set_kill(True)
         return image
 
+    def watch_side(self, image: pyvips.Image) -> pyvips.Image:
+        """Name the image a computation running beside the pipeline (on another worker
+        thread) derives from; returns it. ``kill`` stops it as it stops the pipeline's."""
+        self.side.append(image)
+        if self.killed:
+            image.set_kill(True)
+        return image
+
     def kill(self) -> None:
         """Stop libvips mid-computation (from any thread, e.g. the deadline timer); the
         computation then fails with an error that ``check_deadline`` turns into
@@ -80,6 +92,8 @@ class StepContext:
         self.killed = True
         image = self.killable
         if image is not None:
+            image.set_kill(True)
+        for image in list(self.side):
             image.set_kill(True)
 
     def remaining(self) -> float:

@@ -1,16 +1,20 @@
-"""The pipeline engine: admission, decode (with shrink-on-load), chained pipelines, detection on
-demand, and encode.
+"""The pipeline engine: admission, decode (with shrink-on-load), chained pipelines, detection,
+and encode.
 
 Image work runs on a bounded thread pool (pyvips releases the GIL inside libvips), one hop per
-stretch of steps, with the deadline checked between steps; detection is awaited on the event loop
-between steps, so a slow Triton never holds a CPU worker.
+stretch of steps, with the deadline checked between steps. A request that needs detections
+starts them as soon as its header is checked: the detector's input is a shrink-on-load decode
+of the source (the one DescribeImage makes), and Triton is awaited on the event loop while the
+steps that do not need detections run, so a slow Triton never holds a CPU worker. Detections are
+cached by the source bytes (``imagesvc.detection_cache``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,13 +26,19 @@ import structlog
 
 from imagesvc import planning, vips
 from imagesvc.context import Degradation, DetectedObject, StepContext
+from imagesvc.detection_cache import CacheKey, DetectionCache
+from imagesvc.encoding.encoder import EncodeResult, EncodingReportValues, encode_output
+from imagesvc.encoding.savers import source_palette
+from imagesvc.encoding.search import GuessHistory
 from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded, ResponseTooLarge
 from imagesvc.geometry import Affine, Box
 from imagesvc.ops import auto_rotate, resize
+from imagesvc.ops.auto_rotate import orientation_transform
 from imagesvc.ops.background import flatten
 from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest, SourceBytes
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import Metrics
+from inference import face_refine
 from inference.detection import Detection
 from inference.errors import InferenceError, InferenceUnavailable
 
@@ -41,6 +51,9 @@ ALPHA_FORMATS = ("png", "webp", "avif", "gif", "tiff")
 RESPONSE_HEADROOM_BYTES = 64 * 1024
 # Loaders that can decode at a reduced size, and the largest factor each offers.
 SHRINK_ON_LOAD = {"jpeg": 8, "webp": 8}
+# The pipeline shares its decode with the detector's input (one decode, copied to memory at
+# load) when that decode is at most this many detection sides squared: up to ~1 MP at 512.
+SHARED_DECODE_SIDES = 4
 
 
 class Detector(Protocol):
@@ -48,8 +61,57 @@ class Detector(Protocol):
     def classes(self) -> frozenset[str]: ...
 
     async def detect(
-        self, rgb: np.ndarray, *, timeout_s: float | None = None
-    ) -> list[Detection]: ...
+        self,
+        rgb: np.ndarray,
+        *,
+        classes: frozenset[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> list[Detection]:
+        """Detections in ``rgb``'s pixels, of ``classes`` only (None: every class)."""
+        ...
+
+    # Optional, the tiled pass for small faces (inference.client.Detector.detect_tiles): a
+    # detector with ``can_tile`` true and
+    #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s) -> list[Detection]
+    # returning ``first`` (in ``first_size`` pixels) with the faces found on tiles of
+    # ``rgb_large`` merged in. Detectors without it get one pass.
+
+
+def can_tile(detector: Detector | None) -> bool:
+    """Whether ``detector`` runs the tiled pass (``detect_tiles``, and ``can_tile`` not false)."""
+    return (
+        detector is not None
+        and callable(getattr(detector, "detect_tiles", None))
+        and bool(getattr(detector, "can_tile", True))
+    )
+
+
+def _takes_classes(detector: Detector) -> bool:
+    """Whether ``detector.detect`` takes ``classes``. Detectors written before the keyword
+    (inference.client.FaceDetector until it lands there) are asked for every class, and the
+    engine keeps the classes asked for; remove this once every detector takes it."""
+    try:
+        parameters = inspect.signature(detector.detect).parameters
+    except (TypeError, ValueError):
+        return True
+    return "classes" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def detector_identity(detector: Detector) -> Hashable:
+    """What a detector's answers depend on besides the image: its models and thresholds (a
+    ``cache_identity`` attribute wins when the detector has one)."""
+    identity = getattr(detector, "cache_identity", None)
+    if identity is not None:
+        return identity
+    kind = type(detector)
+    return (
+        f"{kind.__module__}.{kind.__qualname__}",
+        tuple(getattr(detector, "model_names", ())),
+        getattr(detector, "score_threshold", None),
+        getattr(detector, "nms_threshold", None),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +122,7 @@ class ProcessResult:
     height: int
     objects: tuple[DetectedObject, ...]
     degradations: tuple[Degradation, ...]
+    encoding: EncodingReportValues | None = None  # what the encoder chose
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,16 +239,63 @@ def output_format(output: OutputSpec, source_format: str) -> str:
     return output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
 
 
+def preview_shrink(header: Header, max_side: int) -> int:
+    """Shrink-on-load factor of the detector's input: the largest the decoder offers that
+    keeps the decoded image's long side at least ``max_side`` (as libvips' thumbnail does)."""
+    limit = SHRINK_ON_LOAD.get(header.format, 1)
+    long_side, short_side = max(header.size), min(header.size)
+    shrink = 1
+    # The short side keeps a pixel too: decoders refuse a strip shrunk to nothing.
+    while (
+        shrink * 2 <= limit
+        and long_side // (shrink * 2) >= max_side
+        and short_side // (shrink * 2) >= 1
+    ):
+        shrink *= 2
+    return shrink
+
+
+def _shrunk(size: tuple[int, int], shrink: int) -> tuple[int, int]:
+    return -(-size[0] // shrink), -(-size[1] // shrink)
+
+
 def source_info(
-    header: Header, shrink: int, encoded_bytes: int, settings: Settings
+    header: Header,
+    shrink: int,
+    encoded_bytes: int,
+    settings: Settings,
+    detection: tuple[int, bool] | None = None,
+    tiled_shrink: int | None = None,
 ) -> planning.SourceInfo:
-    """What planning needs to know of the source, from its header alone."""
+    """What planning needs to know of the source, from its header alone. ``detection``: the
+    detector input's (shrink, shared), when the request still has to detect; ``tiled_shrink``:
+    the shrink of the tiled pass's input (`tiled_input_plan`), when the pass may run."""
     image = vips.normalise(header.image)  # lazy: only its bands and sample format are read
     stored = planning.Shape(*header.size, image.bands, 2 if image.format == "ushort" else 1)
     turned = settings.auto_rotate and header.orientation != 1
     upright = stored.turned() if turned and header.orientation >= 5 else stored
     decoded = -(-stored.width // shrink) * -(-stored.height // shrink)
     interlaced = bool(image.get("interlaced")) if image.get_typeof("interlaced") else False
+    detection_input = None
+    if detection is not None:
+        preview_factor, shared = detection
+        at_preview = stored.sized(*_shrunk(header.size, preview_factor))
+        detection_input = planning.DetectionInput(
+            preview_factor,
+            shared,
+            at_preview,
+            planning.costs.decoder_bytes(header.format, stored, at_preview.pixels, interlaced),
+        )
+    tiled_input = None
+    if detection is not None and tiled_shrink is not None:
+        at_tiled = stored.sized(*_shrunk(header.size, tiled_shrink))
+        tiled_input = planning.DetectionInput(
+            tiled_shrink,
+            False,
+            at_tiled,
+            planning.costs.decoder_bytes(header.format, stored, at_tiled.pixels, interlaced),
+            side=face_refine.tiled_input_side(max(header.size)),
+        )
     return planning.SourceInfo(
         format=header.format,
         shape=upright,
@@ -196,51 +306,30 @@ def source_info(
         orientation=1 if settings.auto_rotate else header.orientation,
         decode_shrink=shrink,
         progressive=interlaced,
+        detection_input=detection_input,
+        tiled_detection_input=tiled_input,
     )
 
 
 def encode(image: pyvips.Image, output: OutputSpec, source_format: str, settings: Settings):
-    """Encode with the requested (or the source's) format and quality; returns bytes, format."""
-    fmt = output_format(output, source_format)
-    quality = (
-        output.quality
-        or output.format_quality.get(fmt)
-        or settings.format_quality.get(fmt)
-        or settings.quality
-    )
-    if image.get_typeof("icc-profile-data") and not output.keep_icc:
-        # Convert to sRGB through the embedded profile, then drop it: browsers assume sRGB.
-        image = image.icc_transform("srgb", embedded=True, intent="perceptual")
-        image = image.copy()
-        image.remove("icc-profile-data")
-    if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
-        image = image.colourspace("b-w" if image.bands <= 2 else "srgb").cast("uchar")
-    if image.hasalpha() and fmt not in ALPHA_FORMATS:
-        image = flatten(image, (255, 255, 255))
-    if output.strip_metadata:
-        keep = "icc" if output.keep_icc else "none"
-    else:
-        keep = "all"
-    if fmt == "jpeg":
-        data = image.jpegsave_buffer(Q=quality, keep=keep, optimize_coding=True)
-    elif fmt == "png":
-        data = image.pngsave_buffer(compression=6, keep=keep)
-    elif fmt == "webp":
-        data = image.webpsave_buffer(Q=quality, effort=settings.webp_effort, keep=keep)
-    elif fmt == "avif":
-        data = image.heifsave_buffer(
-            Q=quality, compression="av1", effort=settings.avif_effort, keep=keep
-        )
-    elif fmt == "gif":
-        data = image.gifsave_buffer(keep=keep)
-    else:
-        data = image.tiffsave_buffer(compression="deflate", keep=keep)
-    return data, fmt
+    """Encode with the requested (or the source's) format and quality; returns bytes, format.
+    One encode, no search history: `imagesvc.encoding.encoder.encode_output` does the work."""
+    result = encode_output(image, output, source_format, None, settings)
+    return result.data, result.format
 
 
-def detector_input(image: pyvips.Image, max_side: int) -> np.ndarray:
-    """A downscaled sRGB uint8 HxWx3 copy for the detector."""
-    preview = image.thumbnail_image(max_side, height=max_side, size="down")
+def detector_input(decoded: pyvips.Image, orientation: int, max_side: int) -> np.ndarray:
+    """The detector's input, an sRGB uint8 HxWx3 array: ``decoded`` (the source decoded at
+    ``preview_shrink``, normalised, as stored) downscaled to fit ``max_side``, then turned
+    upright by the EXIF ``orientation``. Both RPCs make it this way from the same bytes, so
+    they get the same detections."""
+    width, height = decoded.width, decoded.height
+    scale = min(1.0, max_side / max(width, height))
+    # At least one pixel a side: a 65500x2 strip would otherwise be "bad dimensions".
+    size = max(1, round(width * scale)), max(1, round(height * scale))
+    preview = decoded
+    if size != (width, height):
+        preview = decoded.thumbnail_image(size[0], height=size[1], size="force", no_rotate=True)
     if preview.hasalpha():
         preview = flatten(preview, (255, 255, 255))
     if preview.interpretation != "srgb" or preview.format != "uchar":
@@ -248,6 +337,12 @@ def detector_input(image: pyvips.Image, max_side: int) -> np.ndarray:
     preview = preview.extract_band(0, n=3) if preview.bands > 3 else preview
     if preview.bands == 1:
         preview = preview.bandjoin([preview, preview])
+    if orientation != 1:
+        # Turned after the downscale, as libvips' thumbnail does: a small copy in memory
+        # (the decode may be sequential) with the orientation set on it.
+        preview = preview.copy_memory().copy()
+        preview.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+        preview = preview.autorot()
     return preview.numpy()
 
 
@@ -261,9 +356,17 @@ class _Run:
     image: pyvips.Image
     ops: tuple[PlannedOp, ...]
     plan: planning.RequestPlan
+    source: planning.SourceInfo  # what the plan started from (re-plans start there too)
     next_op: int = 0
-    encoded: tuple[bytes, str] | None = None
+    encoded: EncodeResult | None = None
     size: tuple[int, int] = (0, 0)
+    # Sizes steps whose shape only their data decides actually produced (by step index).
+    known_shapes: dict[int, tuple[int, int]] | None = None
+    # Detections: the cache's key and answer (oriented source pixels), else the detector's
+    # input, made at load when it shares the pipeline's decode.
+    cache_key: CacheKey | None = None
+    cached: tuple[DetectedObject, ...] | None = None
+    preview: np.ndarray | None = None
 
 
 class Engine:
@@ -274,8 +377,24 @@ class Engine:
         self.detector = detector
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="vips")
+        # What autoquality learnt from earlier images: its first guesses (bounded).
+        self._quality_history = GuessHistory()
         self._slots = asyncio.Semaphore(settings.workers)
         self._waiting = 0
+        self.cache = DetectionCache(settings.detection_cache_entries)
+        # Object gravity's default class weights (the models' classes files).
+        self._class_weights = getattr(detector, "class_weights", None) or {}
+        self._detector_identity: Hashable = None
+        self._takes_classes = True
+        # The tiled pass for small faces (IMAGESVC_DETECTION_TILED_PASS), when the detector has it.
+        self._tiles = settings.detection_tiled_pass and can_tile(detector)
+        if detector is not None:
+            self._detector_identity = (
+                detector_identity(detector),
+                settings.detection_max_side,
+                self._tiles,
+            )
+            self._takes_classes = _takes_classes(detector)
 
     @property
     def known_classes(self) -> frozenset[str]:
@@ -283,6 +402,22 @@ class Engine:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def tiled_input_plan(
+        self, header: Header, classes: frozenset[str] | None
+    ) -> tuple[int, int] | None:
+        """The tiled pass's input, (long side, shrink-on-load factor), when the pass may run
+        for this source and these classes: the detector has it, it is on, ``face`` is asked
+        for, and the source is large enough for the rule (`face_refine.needs_tiled_pass`,
+        whose other half, the faces the first pass finds, is only known after it)."""
+        if not self._tiles or (classes is not None and "face" not in classes):
+            return None
+        long_side = max(header.size)
+        first_side = min(self.settings.detection_max_side, long_side)
+        if long_side < face_refine.TILING_MIN_SOURCE_RATIO * first_side:
+            return None
+        side = face_refine.tiled_input_side(long_side)
+        return side, preview_shrink(header, side)
 
     @asynccontextmanager
     async def admitted(self):
@@ -314,17 +449,30 @@ class Engine:
         libvips is killed mid-encode. Releasing the slot earlier would let admission start new
         work while the old still burns the CPU.
         """
+        return await self._submit(func, *args, ctx=ctx)
+
+    def _submit(
+        self, func: Callable[..., T], *args, ctx: StepContext | None = None
+    ) -> Coroutine[None, None, T]:
+        """``func`` submitted to the pool now (ahead of what is submitted later), and a
+        coroutine awaiting it as ``_work`` does."""
         future = asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if ctx is not None:
-                ctx.cancelled = True
-                ctx.kill()
-            await asyncio.wait([future])
-            raise
-        except pyvips.Error as error:
-            raise vips.classify(error) from error
+
+        async def result() -> T:
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if ctx is not None:
+                    ctx.cancelled = True
+                    ctx.kill()
+                await asyncio.wait([future])
+                if not future.cancelled():
+                    future.exception()  # what the stopped work raised: the cancel says it
+                raise
+            except pyvips.Error as error:
+                raise vips.classify(error) from error
+
+        return result()
 
     async def _timed_step(self, name: str, ctx: StepContext, func: Callable[..., T], *args) -> T:
         started = time.perf_counter()
@@ -341,15 +489,42 @@ class Engine:
 
     def _load(self, request: ProcessRequest, ctx: StepContext) -> _Run:
         """Read the header, plan the request and hold it to the budget, then open the source
-        for decoding (nothing is decoded yet)."""
+        for decoding (nothing is decoded yet, unless the detector's input shares the decode:
+        then the decode is copied to memory and the input made from it here).
+
+        A request that needs detections looks them up in the cache first. On a miss the
+        detector's input is the source decoded at ``preview_shrink``: when the pipeline's
+        own decode may use that factor too (it needs no more pixels) and the decode is small,
+        the pipeline decodes at it and both share one decode; else the input is decoded apart,
+        beside the pipeline (``_separate_preview``)."""
         settings = self.settings
         header = open_header(request.data, settings)
         shrink = plan_shrink_on_load(header, request.pipelines, auto_rotate=settings.auto_rotate)
+        key = cached = detection = None
+        if request.needs_detections and self.detector is not None:
+            if self.cache.enabled:
+                key = CacheKey.of(request.data, request.detection_classes, self._detector_identity)
+                cached = self.cache.get(key)
+                self.metrics.detection_cache(cached is not None)
+            if cached is None:
+                side = settings.detection_max_side
+                factor = preview_shrink(header, side)
+                width, height = _shrunk(header.size, factor)
+                shared = factor <= shrink and width * height <= SHARED_DECODE_SIDES * side * side
+                shrink = factor if shared else shrink
+                detection = (factor, shared)
+        tiled = None
+        if detection is not None:
+            tiled = self.tiled_input_plan(header, request.detection_classes)
+        source = source_info(
+            header, shrink, len(request.data), settings, detection, tiled[1] if tiled else None
+        )
         plan = planning.plan_request(
-            source_info(header, shrink, len(request.data), settings),
+            source,
             request.pipelines,
             output_format(request.output, header.format),
             settings,
+            encoding=request.output.encoding,
         )
         planning.check_budget(plan, settings)
         image = header.image
@@ -358,13 +533,27 @@ class Engine:
         image = vips.normalise(image)
         src_w, src_h = header.oriented_size if self.settings.auto_rotate else header.size
         ctx.source_size = (src_w, src_h)
+        preview = None
+        if detection is not None and detection[1]:
+            try:
+                image = ctx.materialise(image)
+                started = time.perf_counter()
+                preview = detector_input(
+                    image, header.orientation, self.settings.detection_max_side
+                )
+                self.metrics.step("detect_prepare", time.perf_counter() - started)
+            except pyvips.Error as error:
+                raise _source_error(error, header, ctx) from error
         if self.settings.auto_rotate and header.orientation != 1:
             image = ctx.random_access(image).autorot()
         if (image.width, image.height) != (src_w, src_h):
             ctx.logical_size = (src_w, src_h)
             ctx.transform = Affine.scale(image.width / src_w, image.height / src_h)
         ops = tuple(op for pipeline in request.pipelines for op in pipeline)
-        return _Run(request, header, ctx, image, ops, plan)
+        return _Run(
+            request, header, ctx, image, ops, plan, source, cache_key=key, cached=cached,
+            preview=preview,
+        )  # fmt: skip
 
     def _timed(self, name: str, func: Callable[..., T], *args) -> T:
         started = time.perf_counter()
@@ -375,27 +564,37 @@ class Engine:
 
     def _advance(self, run: _Run | None, request: ProcessRequest, ctx: StepContext) -> _Run:
         """Worker-thread side: load if needed, then run steps until one needs detections that
-        have not been computed (the event loop fetches them) or, at the end, encode.
+        are not there yet (the event loop awaits them) or, at the end, encode.
 
         One hop to the pool per stretch of steps keeps the event loop's share of each request
         small; the deadline (and cancellation) is still checked between every two steps, and
         inside them every libvips computation reads through the image ``ctx.watch`` names, so
-        the deadline timer can kill it mid-way.
+        the deadline timer can kill it mid-way. After a step whose shape only its data decides
+        (``PlannedStep.replan_after``), the rest is planned again from the image it produced
+        and held to the budget before it runs.
         """
         if run is None:
             run = self._timed("load", self._load, request, ctx)
         try:
             while run.next_op < len(run.ops):
                 op = run.ops[run.next_op]
+                step = run.plan.steps[run.next_op]
                 ctx.check_deadline()
-                if ctx.objects is None and op.spec.needs_detections(op.options):
-                    return run
-                if run.plan.steps[run.next_op].copy_before:
+                if op.spec.needs_detections(op.options):
+                    if step.input_in_memory and not ctx.in_memory:
+                        # Planned: the step reads its input at random (a detection op, or
+                        # object gravity's smart fallback). Copied now, while Triton works.
+                        run.image = ctx.materialise(run.image)
+                    if ctx.objects is None:
+                        return run
+                if step.copy_before:
                     # A second window operation in one lazy chain: see planning.WINDOW_ROWS.
                     run.image = ctx.materialise(run.image)
                 image = ctx.watch(run.image)
                 run.image = self._timed(op.name, op.spec.run, image, op.options, ctx)
                 run.next_op += 1
+                if step.replan_after:
+                    self._replan(run, run.next_op - 1)
             ctx.check_deadline()
             run.encoded = self._timed("encode", self._encode, run)
         except pyvips.Error as error:
@@ -403,11 +602,39 @@ class Engine:
         run.size = (run.image.width, run.image.height)
         return run
 
-    def _encode(self, run: _Run) -> tuple[bytes, str]:
-        """Encode, where libvips computes every pending step's pixels."""
-        data, fmt = encode(
-            run.ctx.watch(run.image), run.request.output, run.header.format, self.settings
+    def _replan(self, run: _Run, index: int) -> None:
+        """Plan the request again with the size step ``index`` produced, and refuse what is
+        now over the budget before any later step runs."""
+        if run.known_shapes is None:
+            run.known_shapes = {}
+        run.known_shapes[index] = (run.image.width, run.image.height)
+        run.plan = planning.plan_request(
+            run.source,
+            run.request.pipelines,
+            output_format(run.request.output, run.header.format),
+            self.settings,
+            known_shapes=run.known_shapes,
+            encoding=run.request.output.encoding,
         )
+        planning.check_budget(run.plan, self.settings)
+
+    def _encode(self, run: _Run) -> EncodeResult:
+        """Encode, where libvips computes every pending step's pixels; autoquality, best
+        format and max_bytes may encode more than once (imagesvc.encoding)."""
+        header = run.header
+        result = encode_output(
+            run.ctx.watch(run.image),
+            run.request.output,
+            header.format,
+            source_palette(header.image, header.format, run.request.data),
+            self.settings,
+            kill_check=run.ctx.check_deadline,
+            history=self._quality_history,
+            watch=run.ctx.watch,
+        )
+        for reason, message in result.degradations:
+            run.ctx.degrade(reason, "", message)
+        data, fmt = result.data, result.format
         limit = self.settings.max_message_bytes - RESPONSE_HEADROOM_BYTES
         if len(data) > limit:
             raise ResponseTooLarge(
@@ -415,7 +642,14 @@ class Engine:
                 "can carry; ask for a smaller size, a lower quality or another format",
                 metadata={"bytes": str(len(data)), "limit_bytes": str(limit), "format": fmt},
             )
-        return data, fmt
+        report = result.report
+        self.metrics.encoding(
+            fmt,
+            report.method,
+            report.encodes,
+            report.achieved_dssim if report.method in ("dssim", "ml") else None,
+        )
+        return result
 
     def _classify(self, error: pyvips.Error, run: _Run) -> ImageSvcError:
         """The caller-facing error for a libvips failure inside a step or the encode.
@@ -436,69 +670,236 @@ class Engine:
 
     async def _process(self, request: ProcessRequest, deadline: float) -> ProcessResult:
         # Filled in by the load; exists first so a cancellation can reach the worker thread.
-        ctx = StepContext(self.settings, deadline, (0, 0))
+        ctx = StepContext(self.settings, deadline, (0, 0), class_weights=self._class_weights)
         loop = asyncio.get_running_loop()
         # A timer on the loop, not a per-tile progress callback: that one cost ~1.3 ms per image.
         deadline_timer = loop.call_later(max(0.0, deadline - time.monotonic()), ctx.kill)
+        detection: asyncio.Future[None] | None = None
         try:
-            run = await self._work(self._advance, None, request, ctx, ctx=ctx)
+            if request.needs_detections:
+                # Load in a hop of its own, so detection starts before the pipeline's steps.
+                run = await self._work(self._timed, "load", self._load, request, ctx, ctx=ctx)
+                detection = self._start_detection(run)
+                run = await self._work(self._advance, run, request, ctx, ctx=ctx)
+            else:
+                run = await self._work(self._advance, None, request, ctx, ctx=ctx)
             while run.encoded is None:
-                await self._detect(run)
+                assert detection is not None  # _advance waits only for detections
+                await detection
                 run = await self._work(self._advance, run, request, ctx, ctx=ctx)
         finally:
+            if detection is not None:
+                await _settled(detection)
             deadline_timer.cancel()
-        data, fmt = run.encoded
+        encoded = run.encoded
+        data, fmt = encoded.data, encoded.format
         self.metrics.image_bytes("input", run.header.format, len(request.data))
         self.metrics.image_bytes("output", fmt, len(data))
         for item in ctx.degradations:
             self.metrics.degradation(item.reason, item.operation)
         return ProcessResult(
-            data, fmt, *run.size, tuple(ctx.objects or ()), tuple(ctx.degradations)
+            data,
+            fmt,
+            *run.size,
+            tuple(ctx.objects or ()),
+            tuple(ctx.degradations),
+            encoded.report,
         )
 
-    def _detector_input(self, run: _Run) -> np.ndarray:
-        try:
-            run.image = run.ctx.random_access(run.image)
-            return detector_input(run.image, self._max_side())
-        except pyvips.Error as error:
-            raise self._classify(error, run) from error
-
-    async def _detect(self, run: _Run) -> None:
-        """Run detection on the current image; store results in source coordinates."""
+    def _start_detection(self, run: _Run) -> asyncio.Future[None]:
+        """Start the request's detections beside its pipeline; the future sets ``ctx.objects``
+        (and ``ctx.detection_failure``) when they are known. The detector's input, when not
+        made at load, is submitted to the pool now, ahead of the pipeline's next hop."""
         ctx = run.ctx
-        rgb = await self._timed_step("detect_prepare", ctx, self._detector_input, run)
-        detections = await self._call_detector(rgb, ctx)
-        if detections is not None:
-            image = run.image
-            to_current = Affine.scale(image.width / rgb.shape[1], image.height / rgb.shape[0])
-            to_source = to_current.then(ctx.transform.inverse())
-            ctx.objects = [
-                DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)))
-                for d in detections
-            ]
-
-    def _max_side(self) -> int:
-        return self.settings.detection_max_side
-
-    async def _call_detector(self, rgb: np.ndarray, ctx: StepContext) -> list[Detection] | None:
         if self.detector is None:
             ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
             ctx.objects = []
-            return None
+            return _done()
+        if run.cached is not None:
+            ctx.objects = self._in_pipeline_source(run.cached, run.header)
+            return _done()
+        preview: asyncio.Future[np.ndarray]
+        if run.preview is not None:
+            preview = _done(run.preview)
+        else:
+            shrink = run.source.detection_input.shrink if run.source.detection_input else 1
+            # Submitted now, so the pool takes it before the pipeline's next hop.
+            preview = asyncio.ensure_future(
+                self._submit(
+                    self._timed,
+                    "detect_prepare",
+                    self._separate_preview,
+                    run.header,
+                    run.request.data,
+                    shrink,
+                    ctx,
+                    ctx=ctx,
+                )
+            )
+        return asyncio.ensure_future(self._detect(run, preview))
+
+    async def _detect(self, run: _Run, preview: asyncio.Future[np.ndarray]) -> None:
+        ctx = run.ctx
         try:
-            # Never wait on Triton past the RPC's own deadline.
-            return await self.detector.detect(rgb, timeout_s=max(ctx.remaining(), 0.0))
+            rgb = await preview
+        finally:
+            await _settled(preview)
+        run.preview = None
+        objects = await self._detect_objects(
+            rgb, run.header, run.request.data, run.request.detection_classes, run.cache_key, ctx
+        )
+        # Set last (ctx.detection_failure is set by now): a worker thread running the
+        # pipeline's steps meanwhile goes on past the first step that needs them.
+        ctx.objects = self._in_pipeline_source(objects, run.header)
+
+    def _in_pipeline_source(
+        self, objects: tuple[DetectedObject, ...], header: Header
+    ) -> list[DetectedObject]:
+        """Detections in oriented source pixels, in the pipeline's source pixels: the same,
+        unless the load leaves the EXIF orientation to the pipeline (IMAGESVC_AUTO_ROTATE)."""
+        if self.settings.auto_rotate or header.orientation == 1:
+            return list(objects)
+        to_stored = orientation_transform(header.orientation, *header.size).inverse()
+        return [
+            DetectedObject(o.class_name, o.confidence, to_stored.box(o.box), o.model)
+            for o in objects
+        ]
+
+    def _separate_preview(
+        self,
+        header: Header,
+        data: SourceBytes,
+        shrink: int,
+        ctx: StepContext,
+        max_side: int | None = None,
+    ) -> np.ndarray:
+        """The detector's input decoded from the source on its own (a source of its own over
+        the same bytes: a libvips source is read by one decoder at a time), killable with
+        the request. ``max_side``: its long side (default IMAGESVC_DETECTION_MAX_SIDE; the
+        tiled pass's input is made the same way, larger)."""
+        options = dict(header.load_options)
+        if shrink > 1:
+            options.update({"shrink": shrink} if header.format == "jpeg" else {"scale": 1 / shrink})
+        try:
+            decoded = vips.normalise(vips.load(vips.memory_source(data), **options))
+            side = self.settings.detection_max_side if max_side is None else max_side
+            return detector_input(ctx.watch_side(decoded), header.orientation, side)
+        except pyvips.Error as error:
+            raise _source_error(error, header, ctx) from error
+
+    async def _detect_objects(
+        self,
+        rgb: np.ndarray,
+        header: Header,
+        data: SourceBytes,
+        classes: frozenset[str] | None,
+        key: CacheKey | None,
+        ctx: StepContext,
+    ) -> tuple[DetectedObject, ...]:
+        """Detections in ``rgb`` (the detector's input), refined by the tiled pass when the
+        rule asks for it, in oriented source pixels, cached under ``key``; none when detection
+        is unavailable (``ctx.detection_failure`` says why, and nothing is cached). When only
+        the tiled pass fails, the first pass's detections are returned, not cached."""
+        detections = await self._call_detector(rgb, classes, ctx)
+        if detections is None:
+            return ()
+        complete = True
+        plan = self.tiled_input_plan(header, classes)
+        if plan is not None and face_refine.needs_tiled_pass(
+            max(header.oriented_size),
+            max(rgb.shape[:2]),
+            [d.height for d in detections if d.class_name == "face"],
+        ):
+            refined = await self._tiled_pass(rgb, detections, header, data, plan, ctx)
+            complete = refined is not None
+            detections = detections if refined is None else refined
+        width, height = header.oriented_size
+        to_source = Affine.scale(width / rgb.shape[1], height / rgb.shape[0])
+        objects = tuple(
+            DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)), d.model)
+            for d in detections
+        )
+        if key is not None and complete:
+            self.cache.put(key, objects)
+        return objects
+
+    async def _tiled_pass(
+        self,
+        rgb: np.ndarray,
+        first: list[Detection],
+        header: Header,
+        data: SourceBytes,
+        plan: tuple[int, int],
+        ctx: StepContext,
+    ) -> list[Detection] | None:
+        """The first pass's detections with the faces of the tiled pass merged in, in ``rgb``'s
+        pixels; None when Triton failed meanwhile (the caller keeps the first pass: the answer
+        the service gave before the tiled pass existed, so nothing is reported degraded).
+
+        Its input is made like the first one (`_separate_preview`: a shrink-on-load decode of
+        the source, turned upright, killable by the deadline) at the tiled side, on the worker
+        pool; Triton is then given what is left of the RPC's deadline, never more."""
+        side, shrink = plan
+        large = await self._work(
+            self._timed,
+            "detect_tiled_prepare",
+            self._separate_preview,
+            header,
+            data,
+            shrink,
+            ctx,
+            side,
+            ctx=ctx,
+        )
+        tiler = self.detector
+        assert tiler is not None and can_tile(tiler)
+        try:
+            return await tiler.detect_tiles(  # type: ignore[attr-defined]
+                large,
+                first=first,
+                first_size=(rgb.shape[1], rgb.shape[0]),
+                timeout_s=max(ctx.remaining(), 0.0),
+            )
+        except InferenceError as error:
+            if not isinstance(error, InferenceUnavailable):
+                log.warning("tiled_detection_failed", reason=error.reason, error=str(error))
+            else:
+                log.info("tiled_detection_unavailable", reason=error.reason)
+            return None
+
+    async def _call_detector(
+        self, rgb: np.ndarray, classes: frozenset[str] | None, ctx: StepContext
+    ) -> list[Detection] | None:
+        if self.detector is None:
+            ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
+            return None
+        # Never wait on Triton past the RPC's own deadline.
+        timeout_s = max(ctx.remaining(), 0.0)
+        try:
+            if self._takes_classes:
+                return await self.detector.detect(rgb, classes=classes, timeout_s=timeout_s)
+            found = await self.detector.detect(rgb, timeout_s=timeout_s)
+            return [d for d in found if classes is None or d.class_name in classes]
         except InferenceError as error:
             # Down, slow, or answering nonsense: the request still succeeds, degraded.
             if not isinstance(error, InferenceUnavailable):
                 log.warning("detection_failed", reason=error.reason, error=str(error))
             ctx.detection_failure = error.reason
-            ctx.objects = []
             return None
 
     # --- DescribeImage ---------------------------------------------------------------------
 
-    async def describe(self, data: SourceBytes, detect: bool, deadline: float) -> DescribeResult:
+    async def describe(
+        self,
+        data: SourceBytes,
+        detect: bool,
+        deadline: float,
+        *,
+        classes: frozenset[str] | None = None,
+    ) -> DescribeResult:
+        """The header; with ``detect``, the detections of ``classes`` (None: every class) in
+        oriented source pixels, from the same detector input ProcessImage uses (and the same
+        cache)."""
         async with self.admitted():
             header = await self._work(open_header, data, self.settings)
             image = header.image
@@ -506,23 +907,8 @@ class Engine:
             objects: tuple[DetectedObject, ...] = ()
             degradations: tuple[Degradation, ...] = ()
             if detect:
-                src_w, src_h = header.oriented_size
-                ctx = StepContext(self.settings, deadline, (src_w, src_h))
-                loop = asyncio.get_running_loop()
-                deadline_timer = loop.call_later(max(0.0, ctx.remaining()), ctx.kill)
-                try:
-                    rgb = await self._timed_step(
-                        "detect_prepare", ctx, self._describe_preview, header, ctx
-                    )
-                finally:
-                    deadline_timer.cancel()
-                detections = await self._call_detector(rgb, ctx)
-                if detections is not None:
-                    to_source = Affine.scale(src_w / rgb.shape[1], src_h / rgb.shape[0])
-                    objects = tuple(
-                        DetectedObject(d.class_name, d.confidence, to_source.box(_box(d)))
-                        for d in detections
-                    )
+                ctx = StepContext(self.settings, deadline, header.oriented_size)
+                objects = await self._describe_detect(header, data, classes, ctx)
                 if ctx.detection_failure is not None:
                     ctx.degrade(
                         "DETECTION_UNAVAILABLE",
@@ -544,21 +930,74 @@ class Engine:
                 degradations=degradations,
             )
 
-    def _describe_preview(self, header: Header, ctx: StepContext) -> np.ndarray:
-        # thumbnail_source shrinks on load and applies the EXIF orientation.
-        side = self._max_side()
-        fail_on = header.load_options["fail_on"]
+    async def _describe_detect(
+        self,
+        header: Header,
+        data: SourceBytes,
+        classes: frozenset[str] | None,
+        ctx: StepContext,
+    ) -> tuple[DetectedObject, ...]:
+        if self.detector is None:
+            ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
+            return ()
+        loop = asyncio.get_running_loop()
+        # Kills the detector's inputs (the tiled pass's too) when the deadline passes.
+        deadline_timer = loop.call_later(max(0.0, ctx.remaining()), ctx.kill)
         try:
-            image = pyvips.Image.thumbnail_source(
-                header.source, side, height=side, size="down", option_string=f"fail_on={fail_on}"
+            key, cached, rgb = await self._timed_step(
+                "detect_prepare", ctx, self._describe_preview, header, data, classes, ctx
             )
-            return detector_input(ctx.watch(vips.normalise(image)), side)
-        except pyvips.Error as error:
-            ctx.check_deadline()
-            site = vips.failure_site(error)
-            if site != "load" and not source_decodes(header, ctx):
-                site = "load"
-            raise vips.classify(error, site or "process") from error
+            if cached is not None:
+                return cached
+            assert rgb is not None
+            return await self._detect_objects(rgb, header, data, classes, key, ctx)
+        finally:
+            deadline_timer.cancel()
+
+    def _describe_preview(
+        self,
+        header: Header,
+        data: SourceBytes,
+        classes: frozenset[str] | None,
+        ctx: StepContext,
+    ) -> tuple[CacheKey | None, tuple[DetectedObject, ...] | None, np.ndarray | None]:
+        """Worker side: the cache's answer, else the detector's input."""
+        key = None
+        if self.cache.enabled:
+            key = CacheKey.of(data, classes, self._detector_identity)
+            cached = self.cache.get(key)
+            self.metrics.detection_cache(cached is not None)
+            if cached is not None:
+                return key, cached, None
+        shrink = preview_shrink(header, self.settings.detection_max_side)
+        return key, None, self._separate_preview(header, data, shrink, ctx)
+
+
+def _source_error(error: pyvips.Error, header: Header, ctx: StepContext) -> ImageSvcError:
+    """The caller-facing error for a libvips failure while decoding the source on its own
+    (the detector's input): the deadline or a cancel when the request was killed; else the
+    source's fault when it does not decode, ours otherwise."""
+    ctx.check_deadline()
+    site = vips.failure_site(error)
+    if site != "load" and not source_decodes(header, ctx):
+        site = "load"
+    return vips.classify(error, site or "process")
+
+
+def _done(value=None) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+async def _settled(future: asyncio.Future) -> None:
+    """Cancel ``future`` if it still runs and wait until it has stopped (its worker thread
+    too: see Engine._work), without raising what it raised."""
+    if not future.done():
+        future.cancel()
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()  # retrieved: a failure the request already reported elsewhere
 
 
 def _box(detection: Detection) -> Box:

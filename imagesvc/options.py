@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from imagesvc.encoding.spec import EncodingSpec, parse_encoding
 from imagesvc.errors import FieldViolation, InvalidRequest
 from imagesvc.settings import Settings
 from imagesvc.v1 import image_service_pb2 as pb
@@ -278,6 +279,8 @@ class OutputSpec:
     format_quality: dict[str, int] = field(default_factory=dict)
     strip_metadata: bool = True
     keep_icc: bool = False
+    # Autoquality, max_bytes, per-format options, best-format candidates; None: the settings'.
+    encoding: EncodingSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,7 +337,9 @@ def parse_source(
 
 def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
     fmt = None
-    if msg.format != pb.IMAGE_FORMAT_UNSPECIFIED:
+    if msg.format == pb.IMAGE_FORMAT_BEST:
+        fmt = "best"  # the encoder tries the candidates (imagesvc.encoding.best_format)
+    elif msg.format != pb.IMAGE_FORMAT_UNSPECIFIED:
         fmt = FORMAT_BY_ENUM.get(msg.format)
         if fmt is None:
             pctx.violations.add("output.format", f"unknown format {msg.format}")
@@ -349,7 +354,8 @@ def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
         check_range(pctx, f"output.format_quality[{index}].quality", fq.quality, 1, 100)
         per_format[name] = fq.quality
     strip = msg.strip_metadata if msg.HasField("strip_metadata") else True
-    return OutputSpec(fmt, msg.quality or None, per_format, strip, msg.keep_icc)
+    encoding = parse_encoding(msg, pctx.settings, pctx.violations)
+    return OutputSpec(fmt, msg.quality or None, per_format, strip, msg.keep_icc, encoding)
 
 
 def parse_process_request(

@@ -144,6 +144,60 @@ class Settings(BaseSettings):
     )
     avif_effort: int = Field(2, ge=0, le=9, description="AVIF encoder effort (CPU vs size).")
     webp_effort: int = Field(4, ge=0, le=6, description="WebP encoder effort (CPU vs size).")
+    # --- Encoding: autoquality, best format, per-format options (README "Output encoding") ---
+    autoquality_method: Literal["none", "size", "dssim", "ml"] = Field(
+        "none", description="How the quality is chosen when a request names no method."
+    )
+    autoquality_target: float = Field(
+        0.02, gt=0, description="Target: DSSIM for dssim/ml, bytes for size."
+    )
+    autoquality_min: int = Field(70, ge=1, le=100, description="Lowest quality autoquality tries.")
+    autoquality_max: int = Field(80, ge=1, le=100, description="Highest quality autoquality tries.")
+    autoquality_format_min: dict[str, int] = Field(
+        default_factory=lambda: {"avif": 60},
+        description='Per-format lowest quality, JSON, e.g. {"avif": 60}.',
+    )
+    autoquality_format_max: dict[str, int] = Field(
+        default_factory=lambda: {"avif": 65},
+        description='Per-format highest quality, JSON, e.g. {"avif": 65}.',
+    )
+    autoquality_allowed_error: float = Field(
+        0.001, gt=0, le=1, description="How far the DSSIM may be from the target (1: any)."
+    )
+    autoquality_max_resolution_mp: float = Field(
+        0.0, ge=0, description="Above this many megapixels the fixed quality is used; 0: no limit."
+    )
+    best_format_candidates: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("jpeg", "webp", "avif"),
+        description="Formats IMAGE_FORMAT_BEST tries (png is added for images with alpha).",
+    )
+    best_format_max_resolution_mp: float = Field(
+        0.0,
+        ge=0,
+        description="Above this many megapixels best format tries only its first candidate; 0: no limit.",
+    )
+    jpeg_progressive: bool = Field(False, description="Progressive JPEG.")
+    jpeg_no_subsample: bool = Field(False, description="JPEG chroma at full resolution (4:4:4).")
+    jpeg_trellis_quant: bool = Field(False, description="mozjpeg trellis quantisation.")
+    jpeg_overshoot_deringing: bool = Field(False, description="mozjpeg overshoot deringing.")
+    jpeg_optimize_scans: bool = Field(False, description="mozjpeg scan optimisation (progressive).")
+    jpeg_quant_table: int = Field(0, ge=0, le=8, description="mozjpeg quantisation table 0..8.")
+    png_interlaced: bool = Field(False, description="Interlaced (Adam7) PNG.")
+    png_quantize: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="auto: quantize a PNG when the source was paletted (PNG or GIF), to its "
+        "palette size; always; never.",
+    )
+    png_quantization_colors: int = Field(
+        256, ge=2, le=256, description="Palette size when quantizing without a source palette."
+    )
+    webp_compression: Literal["lossy", "near_lossless", "lossless"] = Field(
+        "lossy", description="WebP compression."
+    )
+    webp_smart_subsample: bool = Field(False, description="WebP sharp (smart) chroma subsampling.")
+    avif_subsample: Literal["auto", "on", "off"] = Field(
+        "auto", description="AVIF chroma subsampling: auto (4:4:4 from quality 90), on, off."
+    )
     triton_url: str = Field("127.0.0.1:8001", description="Triton sidecar gRPC address.")
     triton_timeout_s: float = Field(
         0.5, gt=0, description="Client timeout of one Triton inference; then the op degrades."
@@ -155,8 +209,36 @@ class Settings(BaseSettings):
     )
     detection_score_threshold: float = Field(0.5, ge=0, le=1, description="Min face score.")
     detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
+    # NoDecode: a comma-separated list of Triton model names, split by the validator below.
+    detection_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("blazeface_short_range", "blazeface_full_range", "pose_detection", "palm_detection_full"),
+        description="Shipped detection models that may run (Triton model names); the requested "
+        "classes pick among them (see Detection models and classes).",
+    )
+
+    @field_validator("detection_models", mode="before")
+    @classmethod
+    def _split_detection_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(str(v).strip() for v in value if str(v).strip())
+        return value
+
     detection_max_side: int = Field(
         512, ge=64, description="Long side of the downscaled copy sent to the detector."
+    )
+    detection_tiled_pass: bool = Field(
+        True,
+        description="Small faces: when the source is at least 1.5x the detector's input and the "
+        "first pass found no face 40 px or taller there, run BlazeFace full range again on 12 "
+        "overlapping tiles of a 2048 px copy (see Detections); false: never.",
+    )
+    detection_cache_entries: int = Field(
+        1024,
+        ge=0,
+        description="Detections kept in memory (LRU by source bytes, classes and detector "
+        "configuration), so the same bytes go to Triton once; 0 disables the cache.",
     )
     object_gravity_mode: Literal["max_score_area", "one_best", "one_best_centermost"] = Field(
         "max_score_area",
@@ -166,6 +248,35 @@ class Settings(BaseSettings):
     object_detection_fallback_to_smart_crop: bool = Field(
         True,
         description="Object gravity that finds no object crops like smart gravity; false: centre.",
+    )
+    # Bring your own YOLO model (imgproxy Pro's IMGPROXY_OBJECT_DETECTION_*): checked at start-up
+    # by inference.yolo.model_from_settings against the classes file and the model's config.
+    object_detection_model: str = Field(
+        "",
+        description="Triton model name of a YOLO model in model_repository/ (installed with "
+        "python -m inference.install_yolo); empty: none.",
+    )
+    object_detection_net_type: str = Field(
+        "yolox",
+        description="Output layout of the YOLO model: yolox, yolov5, yolov6, yolov7, yolov8, "
+        "yolov9, yolov10 or yolov11.",
+    )
+    object_detection_classes: str = Field(
+        "",
+        description="Classes file of the YOLO model (one name per line, optional =weight); "
+        "empty: model_repository/<model>/classes.txt.",
+    )
+    object_detection_net_size: int = Field(
+        416, ge=32, description="Square input size of the YOLO model (a multiple of 32)."
+    )
+    object_detection_confidence_threshold: float = Field(
+        0.2, ge=0, le=1, description="Min score of a YOLO detection."
+    )
+    object_detection_nms_threshold: float = Field(
+        0.4, ge=0, le=1, description="IoU above which YOLO boxes of one class are suppressed."
+    )
+    object_detection_swap_rb: bool = Field(
+        False, description="Feed the YOLO model BGR instead of RGB (BGR-trained models)."
     )
     health_poll_s: float = Field(
         5.0, gt=0, description="How often Triton readiness is polled for health and metrics."
@@ -211,7 +322,22 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("format_quality")
+    @field_validator("best_format_candidates", mode="before")
+    @classmethod
+    def _split_candidates(cls, value: object) -> object:
+        return cls._split_formats(value)
+
+    @field_validator("best_format_candidates")
+    @classmethod
+    def _known_candidates(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - {"jpeg", "png", "webp", "avif"})
+        if unknown or not value:
+            raise ValueError(
+                f"best format candidates must be some of jpeg, png, webp, avif: {value}"
+            )
+        return value
+
+    @field_validator("format_quality", "autoquality_format_min", "autoquality_format_max")
     @classmethod
     def _known_format_quality(cls, value: dict[str, int]) -> dict[str, int]:
         for name, quality in value.items():

@@ -89,10 +89,14 @@ class RedBlockDetector:
 
     def __init__(self) -> None:
         self.inputs: list[tuple[int, ...]] = []
+        self.classes_asked: list[frozenset[str] | None] = []
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
+    async def detect(
+        self, rgb: np.ndarray, *, classes=None, timeout_s: float | None = None
+    ) -> list[Detection]:
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         self.inputs.append(rgb.shape)
+        self.classes_asked.append(classes)
         pixels = rgb.astype(int)
         mask = (pixels[:, :, 0] > 160) & (pixels[:, :, 1] < 90) & (pixels[:, :, 2] < 90)
         ys, xs = np.nonzero(mask)
@@ -108,7 +112,9 @@ class FailingDetector:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
+    async def detect(
+        self, rgb: np.ndarray, *, classes=None, timeout_s: float | None = None
+    ) -> list[Detection]:
         self.calls += 1
         raise InferenceUnavailable("TRITON_UNAVAILABLE", "triton is down")
 
@@ -122,7 +128,9 @@ class GateDetector:
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
+    async def detect(
+        self, rgb: np.ndarray, *, classes=None, timeout_s: float | None = None
+    ) -> list[Detection]:
         self.entered.set()
         await self.gate.wait()
         return []
@@ -531,7 +539,7 @@ async def test_deadline_in_the_past(make_engine, ops):
 
 async def test_deadline_passing_during_detection(make_engine):
     class Slow(GateDetector):
-        async def detect(self, rgb, *, timeout_s=None):
+        async def detect(self, rgb, *, classes=None, timeout_s=None):
             await asyncio.sleep(0.3)
             return []
 
@@ -555,7 +563,8 @@ async def test_detections_are_in_source_coordinates_after_a_resize(make_engine):
     ]
     result = await run(make_engine(detector), request(data, ops))
     assert (result.width, result.height) == (300, 225)
-    assert detector.inputs == [(225, 300, 3)]  # detection ran on the resized image
+    # Detection ran on the source, downscaled to IMAGESVC_DETECTION_MAX_SIDE (512).
+    assert detector.inputs == [(384, 512, 3)]
     [found] = result.objects
     assert found.class_name == "face" and found.confidence == pytest.approx(0.93)
     assert_box_close(found.box, (500, 100, 100, 100), tolerance=6)
@@ -585,7 +594,9 @@ async def test_detections_before_any_resize_with_shrink_on_load(make_engine):
     gravity = pb.Gravity(object=pb.ObjectGravity())
     ops = [resize_op(type=pb.RESIZING_TYPE_FILL, width=100, height=150, gravity=gravity)]
     result = await run(make_engine(detector), request(data, ops, format=pb.IMAGE_FORMAT_PNG))
-    assert detector.inputs == [(150, 200, 3)]  # the decoder shrank 1600x1200 by 8
+    # The detector's input: the source decoded at 1/2 (800x600, the largest shrink that keeps
+    # 512 px), downscaled to 512; the pipeline shares that decode instead of its own 1/8.
+    assert detector.inputs == [(384, 512, 3)]
     [found] = result.objects
     assert_box_close(found.box, (1350, 200, 200, 200), tolerance=12)
     # The 200x150 resize is cropped to 100x150 towards the block (a centre crop would miss it):
@@ -694,7 +705,9 @@ class BrokenResponseDetector:
     def __init__(self) -> None:
         self.timeouts: list[float | None] = []
 
-    async def detect(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> list[Detection]:
+    async def detect(
+        self, rgb: np.ndarray, *, classes=None, timeout_s: float | None = None
+    ) -> list[Detection]:
         self.timeouts.append(timeout_s)
         raise InferenceError("TRITON_BAD_RESPONSE", "output tensor is empty")
 

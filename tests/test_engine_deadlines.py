@@ -129,3 +129,31 @@ async def test_a_cancel_during_a_copy_to_memory_stops_it():
         engine.close()
     print(f"cancel during a copy to memory: worker free after {late * 1000:.0f} ms")
     assert late < RELEASE_BOUND_S
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        pb.OutputOptions(
+            format=pb.IMAGE_FORMAT_AVIF,
+            autoquality=pb.Autoquality(method=pb.AUTOQUALITY_METHOD_DSSIM, target=0.005),
+        ),
+        pb.OutputOptions(format=pb.IMAGE_FORMAT_BEST),
+    ],
+    ids=["avif autoquality", "best format"],
+)
+async def test_trial_encodes_stop_at_the_deadline(output, source):
+    # Several encodes of a 2400x1800 result: unkilled, seconds past the deadline. An AVIF
+    # encode or decode already running cannot be stopped (libaom, libheif): ~0.1 s here.
+    msg = pb.ProcessImageRequest(
+        source=pb.ImageSource(data=source),
+        pipelines=[pb.Pipeline(operations=[enlarge(2400, 1800)])],
+        output=output,
+    )
+    engine = Engine(Settings(workers=1), None, NullMetrics())
+    try:
+        late = await released_after_deadline(engine, msg)
+    finally:
+        engine.close()
+    print(f"trial encodes: worker free {late * 1000:.0f} ms after the deadline")
+    assert late < RELEASE_BOUND_S

@@ -9,6 +9,7 @@ planned pixels, work or memory exceed the per-request budget.
 """
 
 from imagesvc.planning.plan import (
+    DetectionInput,
     OpEstimate,
     PlanEnv,
     RequestPlan,
@@ -19,6 +20,7 @@ from imagesvc.planning.plan import (
 from imagesvc.planning.shape import Shape
 
 __all__ = [
+    "DetectionInput",
     "OpEstimate",
     "PlanEnv",
     "RequestPlan",

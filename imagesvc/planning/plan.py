@@ -3,10 +3,18 @@ image to memory; then hold the plan against the per-request budget."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from imagesvc.encoding.plan import (
+    BEST,
+    DSSIM_BYTES_PER_PX,
+    DSSIM_NS_PER_PX,
+    encode_costs,
+    holds_copy,
+)
+from imagesvc.encoding.spec import BEST_CANDIDATE_FORMATS, EncodingSpec
 from imagesvc.errors import RequestTooCostly, ResultTooLarge, ResultUnencodable
 from imagesvc.planning import costs
 from imagesvc.planning.shape import Shape
@@ -34,6 +42,29 @@ WINDOW_ROWS = 2
 
 
 @dataclass(frozen=True, slots=True)
+class DetectionInput:
+    """How the engine makes the detector's input: the source decoded at ``shrink`` (a
+    shrink-on-load decode, as DescribeImage makes it), downscaled to the detection side.
+    ``shared``: the pipeline decodes the source at the same factor, so that decode is copied to
+    memory once at load and serves both; else the input is decoded apart from the source, on
+    another worker thread, while the pipeline runs."""
+
+    shrink: int
+    shared: bool
+    decoded: Shape  # the decode at ``shrink``, as stored (not turned), normalised
+    decoder_bytes: int  # what its decoder holds (costs.decoder_bytes)
+    side: int | None = None  # its long side; None: IMAGESVC_DETECTION_MAX_SIDE
+
+
+# The tiled pass (inference.face_refine): the input is cut into about this many tiles, each
+# letterboxed into a 192x192x3 float32 tensor (numpy, ~25 ns per pixel of the tiled input,
+# measured: 76 ms for 12 tiles of a 2048x1536 input on the 2-core VM).
+TILED_PASS_TILES = 16
+TILE_TENSOR_BYTES = 192 * 192 * 3 * 4
+TILE_PREPARE_NS = 25.0
+
+
+@dataclass(frozen=True, slots=True)
 class SourceInfo:
     """What the header says about the source, as the steps will see it."""
 
@@ -46,6 +77,11 @@ class SourceInfo:
     orientation: int = 1  # EXIF orientation an auto_rotate op would still apply
     decode_shrink: int = 1  # shrink-on-load factor (engine.plan_shrink_on_load)
     progressive: bool = False  # an interlaced PNG or a progressive JPEG
+    # None: the request needs no detections, or they are known already (the cache).
+    detection_input: DetectionInput | None = None
+    # The tiled pass's input (a second, larger detector input, decoded apart after the first
+    # pass), when the pass may run for this request; None: it cannot.
+    tiled_detection_input: DetectionInput | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +117,9 @@ class PlannedStep:
     work_s: float
     copy_before: bool  # the engine copies the image to memory before this step
     replan_after: bool = False  # its shape is an upper bound: see OpEstimate.shape_known
+    # The plan has the step's input in memory (copied before it, or read from a copy): the
+    # engine makes that copy before a step that needs detections while it awaits them.
+    input_in_memory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +153,18 @@ def plan_request(
     pipelines: Sequence[Sequence[PlannedOp]],
     output_format: str,
     settings: Settings,
+    *,
+    known_shapes: Mapping[int, tuple[int, int]] | None = None,
+    encoding: EncodingSpec | None = None,
 ) -> RequestPlan:
     """The plan of a request: every step's output shape and work, where the engine copies the
-    image to memory, and the request's peak memory. Pure arithmetic, no pixels."""
+    image to memory, and the request's peak memory. Pure arithmetic, no pixels.
+
+    ``known_shapes``: the width and height some steps (by index over the flattened
+    pipelines) actually produced; the engine re-plans with them after a step whose shape
+    only the data decides (``OpEstimate.shape_known``). ``encoding``: the request's encoding
+    spec (None: the settings'), for the encodes autoquality, max_bytes and best format add;
+    ``output_format`` may then be "best"."""
     env = PlanEnv(settings, source.orientation, source.decode_shrink)
     shape = source.shape
     decode_ns = costs.DECODE_NS[source.format] * (2 if source.progressive else 1)
@@ -126,54 +174,134 @@ def plan_request(
     root = 0  # bytes of the image in memory the lazy chain reads from
     in_memory = False
     chain: list[OpEstimate] = []  # lazy steps since the last copy to memory
+    # Memory of the detector's input being decoded beside the pipeline, until the first step
+    # that needs detections waits for them.
+    beside = 0
     peak = base
     largest, largest_at = Shape(0, 0, shape.bands, shape.sample_bytes), "source"
 
     def to_memory(current: Shape) -> None:
         nonlocal root, in_memory, chain, peak, work
-        peak = max(peak, base + root + _stream_bytes(chain) + current.nbytes)
+        peak = max(peak, base + beside + root + _stream_bytes(chain) + current.nbytes)
         work += current.pixels * current.bands * costs.COPY_NS * costs.NS
         root, in_memory, chain = current.nbytes, True, []
 
+    detect = source.detection_input
+    if detect is not None:
+        # The detector's input: a shrink-on-load decode of the source, downscaled to the
+        # detection side (not a copy of the image the pipeline has made by then).
+        decoded = detect.decoded
+        side = settings.detection_max_side
+        preview = side * side * (decoded.bands * decoded.sample_bytes + 3) * 2
+        work += decoded.pixels * costs.THUMBNAIL_NS * costs.NS
+        if detect.shared:
+            # The pipeline's own decode, copied to memory once at load for both.
+            to_memory(decoded)
+            peak = max(peak, base + root + preview)
+        else:
+            decode_ns = costs.DECODE_NS[source.format] * (2 if source.progressive else 1)
+            factor = costs.sample_factor(decoded.sample_bytes)
+            work += decoded.pixels * decode_ns * costs.NS * factor
+            rows = min(decoded.height, costs.RESIZE_BUFFER_ROWS)
+            beside = detect.decoder_bytes + decoded.width * rows * decoded.bands * 4 + preview
+            peak = max(peak, base + beside)
+    # The tiled pass, when it may run (the rule only decides after the first pass): a second
+    # shrink-on-load decode of the source at its larger side, apart, its tiles' tensors, and
+    # the first input still held. Counted as if it always ran, beside every step up to the
+    # first one that needs detections (whose input is in memory while it waits for them).
+    tiled_beside = 0
+    tiled = source.tiled_detection_input
+    if detect is not None and tiled is not None:
+        decoded = tiled.decoded
+        side = tiled.side or settings.detection_max_side
+        first_side = settings.detection_max_side
+        tiled_preview = side * side * (decoded.bands * decoded.sample_bytes + 3) * 2
+        decode_ns = costs.DECODE_NS[source.format] * (2 if source.progressive else 1)
+        factor = costs.sample_factor(decoded.sample_bytes)
+        work += decoded.pixels * (decode_ns * factor + costs.THUMBNAIL_NS) * costs.NS
+        work += side * side * TILE_PREPARE_NS * costs.NS
+        rows = min(decoded.height, costs.RESIZE_BUFFER_ROWS)
+        tiled_beside = (
+            tiled.decoder_bytes
+            + decoded.width * rows * decoded.bands * 4
+            + tiled_preview
+            + TILED_PASS_TILES * TILE_TENSOR_BYTES
+            + first_side * first_side * 3
+        )
+        beside = max(beside, tiled_beside)
+        peak = max(peak, base + root + beside)
     if source.turned_at_load:
-        to_memory(shape)
+        if not in_memory:
+            to_memory(shape)
         work += shape.pixels * shape.bands * costs.COPY_NS * costs.NS
     detected = False
     steps = []
+    index = 0
     for p_index, pipeline in enumerate(pipelines):
         for o_index, op in enumerate(pipeline):
             path = f"pipelines[{p_index}].operations[{o_index}].{op.name}"
-            if not detected and op.spec.needs_detections(op.options):
-                # The engine detects on a downscaled copy of the image as it is here.
-                detected = True
-                if not in_memory:
-                    to_memory(shape)
-                work += shape.pixels * costs.THUMBNAIL_NS * costs.NS
+            waits = not detected and op.spec.needs_detections(op.options)
+            if waits:
+                # The first detector input is done by now: the step waits for the detections,
+                # the tiled pass's input possibly still being made beside it.
+                detected, beside = True, tiled_beside
             estimate: OpEstimate = op.spec.estimate(shape, op.options, env)
+            if known_shapes is not None and index in known_shapes:
+                width, height = known_shapes[index]
+                estimate = replace(
+                    estimate,
+                    shape=estimate.shape.sized(width, height),
+                    shape_known=True,
+                )
+            index += 1
             copy_before = estimate.window > WINDOW_ROWS and any(
                 step.window > WINDOW_ROWS for step in chain
             )
             if copy_before or (estimate.random_access and not in_memory):
                 to_memory(shape)
+            input_in_memory = in_memory
+            if waits:
+                beside = 0  # the step runs once every detection is known
             chain.append(estimate)
-            peak = max(peak, base + root + _stream_bytes(chain) + estimate.transient_bytes)
+            peak = max(peak, base + beside + root + _stream_bytes(chain) + estimate.transient_bytes)
             shape = estimate.shape
             work += estimate.work_s
             if shape.pixels > largest.pixels:
                 largest, largest_at = shape, path
             steps.append(
-                PlannedStep(path, shape, estimate.work_s, copy_before, not estimate.shape_known)
+                PlannedStep(
+                    path,
+                    shape,
+                    estimate.work_s,
+                    copy_before,
+                    not estimate.shape_known,
+                    input_in_memory,
+                )
             )
 
     if shape.pixels > largest.pixels:
         largest, largest_at = shape, "output"
-    encode_ns = costs.ENCODE_NS[output_format][shape.has_alpha]
-    work += shape.pixels * encode_ns * costs.NS * costs.sample_factor(shape.sample_bytes)
-    encoder = shape.pixels * costs.ENCODE_BYTES_PER_PX[output_format][shape.has_alpha]
-    encoded = _encoded_bytes(shape, output_format, settings)
+    spec = encoding or EncodingSpec.from_settings(settings)
+    factor = costs.NS * costs.sample_factor(shape.sample_bytes)
+    encoder, encoded = 0.0, 0
+    for cost in encode_costs(output_format, spec, shape.has_alpha):
+        work += cost.encodes * shape.pixels * costs.ENCODE_NS[cost.format][shape.has_alpha] * factor
+        work += cost.measured * shape.pixels * DSSIM_NS_PER_PX * costs.NS
+        encoder = max(
+            encoder, shape.pixels * costs.ENCODE_BYTES_PER_PX[cost.format][shape.has_alpha]
+        )
+        encoded = max(encoded, _encoded_bytes(shape, cost.format, settings))
+    held = 0
+    if holds_copy(output_format, spec):
+        # Several encodes read one copy of the result in memory; DSSIM's reference holds its
+        # planes and window statistics (imagesvc.encoding.dssim: 60 bytes a pixel).
+        to_memory(shape)
+        dssim = spec.autoquality.method in ("dssim", "ml")
+        held = shape.pixels * DSSIM_BYTES_PER_PX if dssim else 0
     # During the encode: the chain, the encoder's own buffers, the encoded bytes (libvips'
-    # buffer, then the copy pyvips hands back); after it, the response holds two more copies.
-    peak = max(peak, base + root + _stream_bytes(chain) + int(encoder) + 2 * encoded)
+    # buffer, then the copy pyvips hands back; a search keeps its best trial too); after it,
+    # the response holds two more copies.
+    peak = max(peak, base + root + _stream_bytes(chain) + held + int(encoder) + 3 * encoded)
     peak = max(peak, base + 3 * encoded)
     return RequestPlan(tuple(steps), shape, output_format, largest, largest_at, work, int(peak))
 
@@ -182,7 +310,9 @@ def check_budget(plan: RequestPlan, settings: Settings) -> None:
     """Refuse a plan over the budget, with the figures; the cheapest limits are checked first
     so the error names the most basic one that is broken."""
     output = plan.output
-    side_limit = min(settings.max_result_dimension, ENCODER_MAX_SIDE[plan.output_format])
+    # "best" needs a size every candidate can hold (it may choose any of them).
+    formats = BEST_CANDIDATE_FORMATS if plan.output_format == BEST else (plan.output_format,)
+    side_limit = min(settings.max_result_dimension, *(ENCODER_MAX_SIDE[f] for f in formats))
     if max(output.width, output.height) > side_limit:
         figures = {
             "width": str(output.width),

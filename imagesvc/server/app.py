@@ -40,7 +40,8 @@ from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
-from inference.client import FaceDetector
+from inference.client import FaceDetector, shipped_models
+from inference.yolo import model_from_settings as yolo_model_from_settings
 
 VERSION = "0.1.0"
 log = structlog.get_logger("imagesvc")
@@ -156,12 +157,24 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             await server.stop(None)  # releases the bound gRPC port
             raise
         metrics_port = metrics_server.server_port
+    # The detection models: one list; another model family is one more entry in it.
+    models = shipped_models(
+        enabled=settings.detection_models,
+        face_score_threshold=settings.detection_score_threshold,
+        nms_threshold=settings.detection_nms_threshold,
+    )
+    # A YOLO model the operator brought (IMAGESVC_OBJECT_DETECTION_*); a bad setting fails the
+    # start with the setting's name.
+    yolo = yolo_model_from_settings(settings)
+    if yolo is not None:
+        models.append(yolo)
     detector = FaceDetector(
         settings.triton_url,
         timeout_s=settings.triton_timeout_s,
         score_threshold=settings.detection_score_threshold,
         nms_threshold=settings.detection_nms_threshold,
         on_inference=metrics.inference,
+        models=models,
         retry_after_s=settings.triton_retry_after_s,
     )
     engine = Engine(settings, detector, metrics)

@@ -18,6 +18,7 @@ from imagesvc.options import (
     ENUM_BY_FORMAT,
     ParseContext,
     Violations,
+    parse_classes,
     parse_process_request,
     parse_source,
 )
@@ -74,6 +75,7 @@ class ImageServiceServicer:
             height=result.height,
             detections=[_detection(obj) for obj in result.objects],
             degradations=[_degradation(item) for item in result.degradations],
+            encoding=result.encoding.to_proto() if result.encoding is not None else None,
         )
 
     async def DescribeImage(
@@ -82,8 +84,12 @@ class ImageServiceServicer:
         request, lifted = decode_request(raw, pb.DescribeImageRequest)
         pctx = ParseContext(self._settings, self._engine.known_classes, Violations())
         data = parse_source(request.source, "source", pctx, lifted)
+        # Checked whether or not detect is set: a misspelt class is an error either way.
+        classes = parse_classes(request.classes, "classes", pctx)
         pctx.violations.raise_if_any()
-        result = await self._engine.describe(data, request.detect, self._deadline(context))
+        result = await self._engine.describe(
+            data, request.detect, self._deadline(context), classes=classes
+        )
         return pb.DescribeImageResponse(
             format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),
             width=result.width,
@@ -110,6 +116,7 @@ def _detection(obj: DetectedObject) -> pb.Detection:
             width=max(0, math.ceil(box.right) - left),
             height=max(0, math.ceil(box.bottom) - top),
         ),
+        model=obj.model,
     )
 
 

@@ -49,6 +49,16 @@ class DogStatsdMetrics:
     def triton_ready(self, ready: bool) -> None:
         self._statsd.gauge(names.DD_TRITON_READY, 1 if ready else 0)
 
+    def detection_cache(self, hit: bool) -> None:
+        result = "hit" if hit else "miss"
+        self._statsd.increment(names.DD_DETECTION_CACHE_LOOKUPS, tags=[f"result:{result}"])
+
+    def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
+        tags = [f"format:{fmt}", f"method:{method}"]
+        self._statsd.distribution(names.DD_ENCODES_PER_IMAGE, encodes, tags=tags)
+        if dssim is not None:
+            self._statsd.distribution(names.DD_ACHIEVED_DSSIM, dssim, tags=tags)
+
     def close(self) -> None:
         self._statsd.flush()
         self._statsd.close_socket()

@@ -12,6 +12,9 @@ from imagesvc.telemetry import names
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BYTE_BUCKETS = tuple(1024 * 4**i for i in range(10))  # 1 KiB .. 256 MiB
+ENCODE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24)
+# Around the autoquality targets people use (imgproxy's default 0.02, allowed error 0.001).
+DSSIM_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.06, 0.1)
 
 
 class Metrics(Protocol):
@@ -25,6 +28,8 @@ class Metrics(Protocol):
     def queue_depth(self, delta: int) -> None: ...
     def image_bytes(self, direction: str, fmt: str, size: int) -> None: ...
     def triton_ready(self, ready: bool) -> None: ...
+    def detection_cache(self, hit: bool) -> None: ...
+    def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None: ...
 
 
 class PrometheusMetrics:
@@ -75,6 +80,26 @@ class PrometheusMetrics:
         self._triton_ready = Gauge(
             names.TRITON_READY, "1 when Triton and its models are ready.", **kw
         )
+        self._detection_cache = Counter(
+            names.DETECTION_CACHE_LOOKUPS,
+            "Detection cache lookups, by result (hit: Triton was not called).",
+            ("result",),
+            **kw,
+        )
+        self._encodes = Histogram(
+            names.ENCODES_PER_IMAGE,
+            "Encodes tried for one result (autoquality, best format, max_bytes).",
+            ("format", "method"),
+            buckets=ENCODE_BUCKETS,
+            **kw,
+        )
+        self._dssim = Histogram(
+            names.ACHIEVED_DSSIM,
+            "DSSIM of the returned file against the image encoded (dssim and ml methods).",
+            ("format", "method"),
+            buckets=DSSIM_BUCKETS,
+            **kw,
+        )
         workers_gauge = Gauge(names.WORKERS, "Configured image workers.", **kw)
         workers_gauge.set(workers)
         build = Gauge(names.BUILD_INFO, "Build information.", tuple(sorted(info or {})), **kw)
@@ -113,6 +138,14 @@ class PrometheusMetrics:
 
     def triton_ready(self, ready: bool) -> None:
         self._triton_ready.set(1 if ready else 0)
+
+    def detection_cache(self, hit: bool) -> None:
+        self._detection_cache.labels("hit" if hit else "miss").inc()
+
+    def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
+        self._encodes.labels(fmt, method).observe(encodes)
+        if dssim is not None:
+            self._dssim.labels(fmt, method).observe(dssim)
 
 
 class FanOutMetrics:

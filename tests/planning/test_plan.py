@@ -273,3 +273,66 @@ def test_the_planned_result_is_the_result(
     finally:
         engine.close()
     assert (result.width, result.height) == (plan.output.width, plan.output.height)
+
+
+# --- Detection ----------------------------------------------------------------------------------
+
+
+def detection_plans(settings: Settings, data: bytes, ops, detection):
+    msg = pb.ProcessImageRequest(
+        source=pb.ImageSource(data=data), pipelines=[pb.Pipeline(operations=ops)]
+    )
+    request = parse_process_request(msg, settings, frozenset({"face"}))
+    header = open_header(request.data, settings)
+    shrink = plan_shrink_on_load(header, request.pipelines)
+    plans = []
+    for plan_detection in (None, detection):
+        factor = plan_detection[0] if plan_detection and plan_detection[1] else shrink
+        plans.append(
+            planning.plan_request(
+                source_info(header, factor, len(data), settings, plan_detection),
+                request.pipelines,
+                "jpeg",
+                settings,
+            )
+        )
+    return plans
+
+
+def test_detection_is_planned_as_a_shrink_on_load_decode_not_a_copy_of_the_image(settings):
+    # 4000x3000 JPEG, draw_detections after a blur: the detector's input is the source decoded
+    # at 1/4 beside the pipeline (decoder buffers, a strip, the 512 px input), not a copy of
+    # the full-size image the pipeline has made by then (36 MB).
+    data = jpeg(np.full((3000, 4000, 3), 90, np.uint8))
+    ops = [blur(2), pb.Operation(draw_detections=pb.DrawDetections())]
+    without, separate = detection_plans(settings, data, ops, (4, False))
+    extra = separate.peak_bytes - without.peak_bytes
+    assert 0 <= extra < 20 * 2**20
+    decode_s = 1000 * 750 * planning.costs.DECODE_NS["jpeg"] * 1e-9
+    assert separate.work_s - without.work_s == pytest.approx(
+        decode_s + 1000 * 750 * planning.costs.THUMBNAIL_NS * 1e-9
+    )
+
+
+def test_a_shared_decode_is_one_copy_of_the_shrunk_decode(settings):
+    # Object gravity on the first resize: the pipeline decodes at the detector input's factor
+    # and copies that decode (1000x750) to memory once for both.
+    data = jpeg(np.full((3000, 4000, 3), 90, np.uint8))
+    gravity = pb.Gravity(object=pb.ObjectGravity())
+    ops = [resize(type=pb.RESIZING_TYPE_FILL, width=256, height=256, gravity=gravity)]
+    without, shared = detection_plans(settings, data, ops, (4, True))
+    assert shared.peak_bytes - without.peak_bytes < 8 * 2**20
+    assert [s.input_in_memory for s in shared.steps] == [True]
+
+
+def test_known_shapes_replace_an_estimate(settings):
+    plan, request = make_plan(settings, SOURCE, [resize(width=200), blur(3)])
+    header = open_header(SOURCE, settings)
+    shrink = plan_shrink_on_load(header, request.pipelines)
+    source = source_info(header, shrink, len(SOURCE), settings)
+    known = planning.plan_request(
+        source, request.pipelines, "jpeg", settings, known_shapes={0: (20, 10)}
+    )
+    assert (plan.steps[0].shape.width, known.steps[0].shape.width) == (200, 20)
+    assert (known.output.width, known.output.height) == (20, 10)
+    assert known.work_s < plan.work_s

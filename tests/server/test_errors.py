@@ -191,3 +191,18 @@ async def test_a_huge_echoed_class_name_is_truncated_not_overflowing(stub):
     assert field == "pipelines[0].operations[0].blur_detections.classes[0]"
     assert description.startswith("unknown class 'xxxx") and description.endswith("…")
     assert len(description) < 1000 and len(caught.value.details()) < 1000
+
+
+async def test_describe_with_an_unknown_class_names_the_field(stub):
+    data = scenes.astronaut().jpegsave_buffer(Q=90)
+    _, violations = await expect_error(
+        stub.DescribeImage(
+            pb.DescribeImageRequest(
+                source=pb.ImageSource(data=data), detect=True, classes=["face", "unicorn"]
+            ),
+            timeout=30,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_REQUEST",
+    )
+    assert [field for field, _ in violations] == ["classes[1]"]

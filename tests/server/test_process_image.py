@@ -170,7 +170,8 @@ async def test_describe_reports_header_and_detections(stub):
     assert response.format == pb.IMAGE_FORMAT_JPEG
     assert (response.width, response.height, response.orientation) == (512, 512, 6)
     assert response.size_bytes == len(data) and response.pages == 1 and not response.has_alpha
-    [face] = response.detections
+    # Every class was asked for: the face among whatever else the models find.
+    [face] = [d for d in response.detections if d.class_name == "face"]
     assert scenes.near_face_box(face.box), face.box
 
 
@@ -187,3 +188,32 @@ async def test_sources_over_grpcs_default_4_mb_message_limit_are_accepted(stub):
     )
     assert (response.width, response.height) == (140, 140)
     assert response.format == pb.IMAGE_FORMAT_PNG
+
+
+async def test_describe_detects_the_classes_asked_for_and_agrees_with_process(stub):
+    data = scenes.astronaut().jpegsave_buffer(Q=90)
+    described = await stub.DescribeImage(
+        pb.DescribeImageRequest(source=pb.ImageSource(data=data), detect=True, classes=["face"]),
+        timeout=30,
+    )
+    assert [d.class_name for d in described.detections] == ["face"]
+    gravity = pb.Gravity(object=pb.ObjectGravity(classes=["face"]))
+    processed = await stub.ProcessImage(
+        pb.ProcessImageRequest(
+            source=pb.ImageSource(data=data),
+            pipelines=[
+                pb.Pipeline(
+                    operations=[
+                        pb.Operation(
+                            resize=pb.Resize(
+                                type=pb.RESIZING_TYPE_FILL, width=256, height=256, gravity=gravity
+                            )
+                        )
+                    ]
+                )
+            ],
+        ),
+        timeout=30,
+    )
+    # The same bytes, the same detector input: the same detections in both RPCs.
+    assert list(processed.detections) == list(described.detections)

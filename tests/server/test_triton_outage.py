@@ -35,7 +35,9 @@ def face_request() -> pb.ProcessImageRequest:
                     # SKIP: degrade instead of failing closed (test_detection_unavailable.py).
                     pb.Operation(
                         blur_detections=pb.BlurDetections(
-                            sigma=5, on_detection_unavailable=pb.DETECTION_UNAVAILABLE_POLICY_SKIP
+                            sigma=5,
+                            classes=["face"],
+                            on_detection_unavailable=pb.DETECTION_UNAVAILABLE_POLICY_SKIP,
                         )
                     ),
                 ]
@@ -64,7 +66,14 @@ async def test_triton_stopped_mid_suite_degrades_instead_of_failing(monkeypatch)
     running = None
     try:
         running = await app.start(
-            server_settings(sidecar.grpc_url, dogstatsd_enabled=True, triton_timeout_s=0.5),
+            # No detection cache: the second request must reach the stopped Triton, not find
+            # the first one's faces (a cache hit is right in production, not what is tested).
+            server_settings(
+                sidecar.grpc_url,
+                dogstatsd_enabled=True,
+                triton_timeout_s=0.5,
+                detection_cache_entries=0,
+            ),
             CollectorRegistry(),
         )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
