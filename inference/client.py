@@ -399,6 +399,8 @@ class Detector:
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        if len(first_size) != 2 or not all(side > 0 for side in first_size):
+            raise ValueError(f"first_size {first_size!r} is not the (width, height) of an image")
         model = self._tile_model
         if model is None:
             raise ValueError(f"the tiled pass needs {TILE_MODEL}, not among {self.model_names}")

@@ -42,6 +42,10 @@ MODEL_SCORE_THRESHOLDS: Mapping[str, float] = {
 TILED_INPUT_SIDE = 2048
 TILE_GRID = (4, 3)
 TILE_OVERLAP = 0.25
+# The most tiles plan_tiles makes to keep tiles roughly square (a 2048x2 strip would otherwise
+# get thousands, each a Triton request and a 192x192x3 float32 tensor); the service's plan
+# counts on this many (imagesvc.planning.plan.TILED_PASS_TILES).
+MAX_TILES = 16
 # Minimum score of a tile's full-range box.
 TILE_SCORE_THRESHOLD = 0.6
 # The rule: run the tiled pass when the source is at least this much larger than the first
@@ -81,14 +85,21 @@ class Tile:
         return self.bottom - self.top
 
 
+def _tile_size(length: int, count: int, overlap: float) -> int:
+    """Size of each of ``count`` windows covering [0, length), ``overlap`` of it shared with
+    the next."""
+    if count <= 1 or length <= 1:
+        return length
+    # count * size - (count - 1) * overlap * size = length
+    return min(math.ceil(length / (count - (count - 1) * overlap)), length)
+
+
 def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
     """``count`` windows covering [0, length) evenly, each ``overlap`` of its size shared with
     the next."""
     if count <= 1 or length <= 1:
         return [(0, length)]
-    # count * size - (count - 1) * overlap * size = length
-    size = math.ceil(length / (count - (count - 1) * overlap))
-    size = min(size, length)
+    size = _tile_size(length, count, overlap)
     step = (length - size) / (count - 1)
     spans = []
     for i in range(count):
@@ -97,17 +108,41 @@ def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
     return spans
 
 
+def _squarer(
+    length: int, count: int, other: int, other_count: int, overlap: float, max_tiles: int
+) -> tuple[int, int]:
+    """Tile counts along a side of ``length`` whose tiles are too long for the other side's
+    (``other``): more of them until they are at most 1.5 times the other side's tiles, and,
+    once that would make more than ``max_tiles``, fewer along the other side first."""
+    for across in range(other_count, 0, -1):
+        along = count
+        while (
+            _tile_size(length, along, overlap) > 1.5 * _tile_size(other, across, overlap)
+            and along < length
+            and (along + 1) * across <= max_tiles
+        ):
+            along += 1
+        square = _tile_size(length, along, overlap) <= 1.5 * _tile_size(other, across, overlap)
+        if square or along >= length or across == 1:
+            return along, across
+    return count, other_count  # unreachable: ``across`` ends at 1
+
+
 def plan_tiles(
     width: int,
     height: int,
     grid: tuple[int, int] = TILE_GRID,
     overlap: float = TILE_OVERLAP,
+    max_tiles: int = MAX_TILES,
 ) -> list[Tile]:
     """Overlapping tiles covering a ``width`` x ``height`` image, row by row.
 
     ``grid`` is (along the long side, along the short side); a side whose tiles would come out
-    more than 1.5 times longer than the other side's gets one more tile (so tiles stay roughly
-    square, as the square model input wants). ``overlap`` in [0, 0.5).
+    more than 1.5 times longer than the other side's gets more tiles (so tiles stay roughly
+    square, as the square model input wants), as long as there are at most ``max_tiles``
+    (or the grid's own count, if more); past that the other side gets fewer tiles, down to
+    one, and the tiles stay long (a panorama, a strip: each tile is one Triton request and one
+    input tensor). ``overlap`` in [0, 0.5).
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"empty image {width}x{height}")
@@ -115,16 +150,13 @@ def plan_tiles(
         raise ValueError(f"overlap {overlap} not in [0, 0.5)")
     long_count, short_count = max(1, grid[0]), max(1, grid[1])
     cols, rows = (long_count, short_count) if width >= height else (short_count, long_count)
+    limit = max(max_tiles, cols * rows)
+    tile_w, tile_h = _tile_size(width, cols, overlap), _tile_size(height, rows, overlap)
+    if tile_w > 1.5 * tile_h:
+        cols, rows = _squarer(width, cols, height, rows, overlap, limit)
+    elif tile_h > 1.5 * tile_w:
+        rows, cols = _squarer(height, rows, width, cols, overlap, limit)
     xs, ys = _spans(width, cols, overlap), _spans(height, rows, overlap)
-    tile_w, tile_h = xs[0][1] - xs[0][0], ys[0][1] - ys[0][0]
-    while tile_w > 1.5 * tile_h and cols < width:
-        cols += 1
-        xs = _spans(width, cols, overlap)
-        tile_w = xs[0][1] - xs[0][0]
-    while tile_h > 1.5 * tile_w and rows < height:
-        rows += 1
-        ys = _spans(height, rows, overlap)
-        tile_h = ys[0][1] - ys[0][0]
     return [Tile(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs]
 
 

@@ -62,6 +62,31 @@ def test_a_long_strip_gets_more_tiles_to_stay_roughly_square():
     assert (_covered(tiles, 3000, 500) >= 1).all()
 
 
+@pytest.mark.parametrize(
+    ("width", "height"), [(2048, 683), (2048, 341), (2048, 64), (2048, 2), (1, 2048), (800, 1)]
+)
+def test_a_panorama_or_a_strip_gets_at_most_max_tiles(width, height):
+    # Growing the long side's count until tiles are square gave 21 tiles at 3:1, 210 for a
+    # 2048x64 input and 6144 for 2048x2: each a Triton request and a 442 KB tensor.
+    tiles = plan_tiles(width, height)
+    assert len(tiles) <= face_refine.MAX_TILES
+    assert (_covered(tiles, width, height) >= 1).all()
+    assert len(set(tiles)) == len(tiles)
+
+
+def test_the_other_side_gets_fewer_tiles_before_the_tiles_stay_long():
+    # 2048x683: 5 x 3 tiles would still be too wide (512 x 274), 7 x 3 too many: 5 x 2.
+    tiles = plan_tiles(2048, 683)
+    assert (len({t.left for t in tiles}), len({t.top for t in tiles})) == (5, 2)
+    assert all(t.width <= 1.5 * t.height for t in tiles)
+    # A strip: one row, MAX_TILES long tiles.
+    strip = plan_tiles(2048, 64)
+    assert {t.top for t in strip} == {0} and len(strip) == face_refine.MAX_TILES
+    # Photos keep the grid: 4 x 3 at 4:3, 3:2 and 16:9.
+    for height in (1536, 1365, 1152):
+        assert len(plan_tiles(2048, height)) == 12
+
+
 def test_one_tile_per_side_is_the_whole_image():
     assert plan_tiles(300, 200, (1, 1)) == [Tile(0, 0, 300, 200)]
 
