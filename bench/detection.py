@@ -6,15 +6,23 @@
 
 Starts the local Triton sidecar (``inference.sidecar``) unless ``--triton-url`` names a running
 one. For every photo of ``bench/detection_manifest.json`` it computes what the service computes:
-the auto-rotated image, ``imagesvc.engine.detector_input(image, max_side)``, BlazeFace short and
-full range on it. The raw boxes of each model (score >= 0.25) are kept, so that every detector
-configuration below is post-processing of the same model outputs:
+the detector input the engine makes from the photo's bytes (``ServiceInputs``: the engine's
+own shrink-on-load decode, ``imagesvc.engine.detector_input`` at ``max_side``, upright), BlazeFace
+short and full range on it, and the tiled passes' larger copies made the same way. The raw boxes
+of each model (score >= 0.25) are kept, so that every detector configuration below is
+post-processing of the same model outputs, merged as ``inference.client.Detector`` merges:
 
-* ``current``: what ``inference.client.FaceDetector`` returns with the service's settings (one
-  score threshold 0.5, weighted NMS at IoU 0.3). The run checks that it equals the client's
-  own output on every photo (``client_check`` in the JSON).
+* ``before``: the detector before issue 8 (one score threshold 0.5, weighted NMS at IoU 0.3).
 * per-model thresholds, the group-box suppression and the tiled pass of
-  ``inference/face_refine.py`` (the tiles go through the full-range model on a larger copy).
+  ``inference/face_refine.py`` (the tiles go through the full-range model on a larger copy);
+  ``proposal`` is face_refine's constants, what the service runs.
+* ``service``: what the service answers, DescribeImage's detections of ``face``
+  (``imagesvc.engine.Engine.describe`` with the real client: ``Detector.detect``, the rule,
+  ``Detector.detect_tiles`` on the engine's 2048 px copy).
+
+Two checks, each exits 1 on a mismatch: the proposal without its tiled pass equals what
+``Detector.detect`` returns on the same input (``client_check`` in the JSON), and the proposal
+equals the service's answer (``service_check``).
 
 Detection figures: recall by face size, precision, false boxes per face-free photo (each
 listed), with labelled faces matched at IoU >= 0.3 (``MATCH_IOU``), greedily by score.
@@ -33,13 +41,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import inspect
 import json
 import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +269,7 @@ class Raw:
     # tiled input side -> ((width, height) of the tiled input, [(tile, Outputs)])
     tiles: dict[int, tuple[tuple[int, int], list]] = field(default_factory=dict)
     rgb: np.ndarray | None = None
+    photo: str = ""  # its id
 
 
 class Models:
@@ -274,16 +282,23 @@ class Models:
 
         self._grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(url)
-        self._decoders: dict[tuple[str, float], object] = {}
+        self._decoders: dict[tuple, object] = {}
 
-    def decoder(self, name: str, threshold: float, nms: float = 0.3):
-        from inference.client import default_model_repository
+    def decoder(self, name: str, threshold: float, nms: float = 0.3, grouped: bool = False):
+        """The model as the client holds it; ``grouped``: in the BlazeFace NMS group (the
+        first pass: raw candidates, one weighted NMS over both models' in the client), else
+        with its own NMS and clipping (the tiled pass's full-range model)."""
+        from inference.client import FACE_NMS_GROUP, default_model_repository
         from inference.mediapipe_detectors import MediaPipeDetector
 
-        key = (name, threshold)
+        key = (name, threshold, nms, grouped)
         if key not in self._decoders:
             self._decoders[key] = MediaPipeDetector.from_repository(
-                name, default_model_repository(), score_threshold=threshold, nms_threshold=nms
+                name,
+                default_model_repository(),
+                score_threshold=threshold,
+                nms_threshold=nms,
+                nms_group=FACE_NMS_GROUP if grouped else None,
             )
         return self._decoders[key]
 
@@ -303,26 +318,45 @@ class Models:
         outputs = {n: result.as_numpy(n) for n in model.outputs}
         return Outputs(outputs, state, (rgb.shape[1], rgb.shape[0]))
 
-    def decode(self, name: str, threshold: float, raw: Outputs):
-        return self.decoder(name, threshold).decode(raw.outputs, raw.state, raw.size)
+    def decode(self, name: str, threshold: float, raw: Outputs, grouped: bool = False):
+        return self.decoder(name, threshold, grouped=grouped).decode(
+            raw.outputs, raw.state, raw.size
+        )
 
 
-def detector_input(decoded, orientation: int, max_side: int) -> np.ndarray:
-    """``imagesvc.engine.detector_input``: the service's detector input, from the decoded
-    (normalised, not yet rotated) image and its EXIF orientation."""
-    from imagesvc import engine
+class ServiceInputs:
+    """The detector inputs the service makes from a photo's bytes: ``Engine._separate_preview``
+    itself (a shrink-on-load decode at ``imagesvc.engine.preview_shrink`` for the side, then
+    ``imagesvc.engine.detector_input``, turned upright), as DescribeImage makes the first
+    pass's input and both RPCs the tiled pass's."""
 
-    if len(inspect.signature(engine.detector_input).parameters) == 3:
-        return engine.detector_input(decoded, orientation, max_side)
-    # Before the engine took the orientation, it was given the rotated image.
-    return engine.detector_input(decoded.autorot() if orientation != 1 else decoded, max_side)
+    def __init__(self) -> None:
+        from imagesvc.engine import Engine
+        from imagesvc.settings import Settings
+        from imagesvc.telemetry.metrics import NullMetrics
+
+        self.settings = Settings(workers=1)
+        self._engine = Engine(self.settings, None, NullMetrics())
+
+    def make(self, data: bytes, side: int) -> np.ndarray:
+        from imagesvc.context import StepContext
+        from imagesvc.engine import open_header, preview_shrink
+
+        header = open_header(data, self.settings)
+        ctx = StepContext(self.settings, time.monotonic() + 600, header.oriented_size)
+        shrink = preview_shrink(header, side)
+        return self._engine._separate_preview(header, data, shrink, ctx, side)
+
+    def close(self) -> None:
+        self._engine.close()
 
 
-def run_models(models: Models, decoded, orientation: int, max_side: int) -> Raw:
-    rgb = detector_input(decoded, orientation, max_side)
-    image_w, image_h = (
-        (decoded.height, decoded.width) if orientation >= 5 else (decoded.width, decoded.height)
-    )
+def run_models(
+    models: Models, inputs: ServiceInputs, data: bytes, size: tuple[int, int], max_side: int
+) -> Raw:
+    """``size``: the photo's (width, height), upright."""
+    rgb = inputs.make(data, max_side)
+    image_w, image_h = size
     raw = Raw(
         image_w,
         image_h,
@@ -335,7 +369,7 @@ def run_models(models: Models, decoded, orientation: int, max_side: int) -> Raw:
     if long_side < face_refine.TILING_MIN_SOURCE_RATIO * max_side:
         return raw
     for side in TILED_SIDES:
-        big = detector_input(decoded, orientation, face_refine.tiled_input_side(long_side, side))
+        big = inputs.make(data, face_refine.tiled_input_side(long_side, side))
         height, width = big.shape[:2]
         tiles = []
         for tile in face_refine.plan_tiles(width, height, TILED_GRIDS[side]):
@@ -366,15 +400,21 @@ class Config:
     def detect(
         self, models: Models, raw: Raw, nms: float = 0.3
     ) -> tuple[list[tuple[Box, float]], bool]:
-        """Detections in source pixels, best first, and whether the tiled pass ran."""
-        from inference.client import merge_detections
+        """Detections in source pixels, best first, and whether the tiled pass ran; merged
+        step for step as ``inference.client.Detector`` merges them."""
+        from inference.client import FACE_NMS_GROUP, merge_detections, suppress_face_groups
         from inference.detection import Detection
 
+        size = (raw.input_w, raw.input_h)
+        # Detector.detect: the candidates of both models through one weighted NMS, clipped.
         per_model = [
-            models.decode(SHORT, self.short_threshold, raw.first[SHORT]),
-            models.decode(FULL, self.full_threshold, raw.first[FULL]),
+            models.decode(SHORT, self.short_threshold, raw.first[SHORT], grouped=True),
+            models.decode(FULL, self.full_threshold, raw.first[FULL], grouped=True),
         ]
-        detections = merge_detections(per_model, nms)
+        groups = [FACE_NMS_GROUP, FACE_NMS_GROUP]
+        detections = merge_detections(per_model, nms, groups=groups, image_size=size)
+        if self.group_suppression:
+            detections = suppress_face_groups(detections)
         tiled = False
         if self.tiled_side is not None and self.tiled_side in raw.tiles:
             heights = [d.height for d in detections]
@@ -383,10 +423,9 @@ class Config:
             ):
                 tiled = True
                 (tw, th), tiles = raw.tiles[self.tiled_side]
-                # One list per tile: merge_detections runs its weighted NMS across lists, so
-                # a face seen whole by two overlapping tiles comes out once.
-                # One list per tile: merge_detections runs its weighted NMS across lists, so
-                # a face seen whole by two overlapping tiles comes out once.
+                # Detector.detect_tiles: one list per tile (merge_detections runs its weighted
+                # NMS across lists, so a face seen whole by two overlapping tiles comes out
+                # once), merged with the first pass's faces, clipped.
                 extra = []
                 for tile, outputs in tiles:
                     found = models.decode(FULL, self.tile_threshold, outputs)
@@ -398,21 +437,37 @@ class Config:
                         [
                             Detection("face", float(s), x0, y0, x1 - x0, y1 - y0, model="tiles")
                             for (x0, y0, x1, y1), s in zip(boxes, scores, strict=True)
+                            if x1 > x0 and y1 > y0
                         ]
                     )
-                detections = merge_detections([*per_model, *extra], nms)
+                detections = _clipped(merge_detections([detections, *extra], nms), *size)
+                if self.group_suppression:
+                    detections = suppress_face_groups(detections)
         boxes, scores = _xyxy(detections)
-        if self.group_suppression:
-            boxes, scores = face_refine.suppress_group_boxes(boxes, scores)
         sx, sy = raw.width / raw.input_w, raw.height / raw.input_h
         return xyxy_to_boxes(boxes, scores, sx, sy), tiled
 
 
-CURRENT = Config("current")
+def _clipped(detections, width: int, height: int) -> list:
+    """Detections clipped to the image, those left empty dropped (as the client clips)."""
+    from inference.detection import Detection
+    from inference.ssd import clip_boxes
+
+    if not detections:
+        return []
+    boxes = clip_boxes(_xyxy(detections)[0], width, height)
+    return [
+        Detection(d.class_name, d.confidence, x0, y0, x1 - x0, y1 - y0, model=d.model)
+        for d, (x0, y0, x1, y1) in zip(detections, boxes, strict=True)
+        if x1 > x0 and y1 > y0
+    ]
+
+
+BEFORE = Config("before")
 
 
 def configs() -> list[Config]:
-    out = [CURRENT]
+    out = [BEFORE]
     for short_t in (0.5, 0.6, 0.7):
         for full_t in (0.5, 0.6, 0.7, 0.8):
             if (short_t, full_t) != (0.5, 0.5):
@@ -481,7 +536,7 @@ def evaluate_detection(models, photos: list[dict], raws: dict[str, Raw], config:
     free = [p for p in photos if p["set"] == "face_free"]
     faces_total = sum(len(p["faces"]) for p in photos)
     return {
-        "config": config.__dict__,
+        "config": {"name": config.name} if isinstance(config, Answers) else config.__dict__,
         "recall": tp / faces_total if faces_total else None,
         "faces": faces_total,
         "hits": tp,
@@ -691,10 +746,10 @@ def draw_picture(image, faces, rows: list[tuple[str, dict[str, Box], list]], out
 
 
 async def client_outputs(url: str, rgbs: dict[str, np.ndarray]) -> dict[str, list]:
-    """What inference.client.FaceDetector itself returns (the service's settings)."""
-    from inference.client import FaceDetector
+    """What inference.client.Detector.detect itself returns (the service's settings)."""
+    from inference.client import Detector
 
-    detector = FaceDetector(url, timeout_s=30.0)
+    detector = Detector(url, timeout_s=30.0)
     out = {}
     try:
         for key, rgb in rgbs.items():
@@ -702,6 +757,83 @@ async def client_outputs(url: str, rgbs: dict[str, np.ndarray]) -> dict[str, lis
     finally:
         await detector.close()
     return out
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A detector configuration that is a set of answers: the service's, per photo (in source
+    pixels, best first) and whether its tiled pass ran."""
+
+    name: str
+    by_photo: dict = field(repr=False, compare=False)
+
+    def detect(self, models: Models, raw: Raw) -> tuple[list[tuple[Box, float]], bool]:
+        return self.by_photo[raw.photo]
+
+
+async def service_outputs(url: str, photos: list[dict], max_side: int) -> Answers:
+    """What the service answers: ``Engine.describe`` of each photo's bytes for ``face``, with
+    the real client and the service's detection settings (the tiled pass on, no cache)."""
+    from imagesvc.engine import Engine
+    from imagesvc.settings import Settings
+    from imagesvc.telemetry.metrics import NullMetrics
+    from inference.client import Detector
+
+    class Recording(Detector):
+        """The client, noting the photos whose tiled pass ran."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.photo = ""
+            self.tiled: set[str] = set()
+
+        async def detect_tiles(self, rgb, **kwargs):
+            self.tiled.add(self.photo)
+            return await super().detect_tiles(rgb, **kwargs)
+
+    settings = Settings(
+        workers=1,
+        detection_max_side=max_side,
+        detection_tiled_pass=True,
+        detection_cache_entries=0,
+    )
+    detector = Recording(url, timeout_s=30.0)
+    engine = Engine(settings, detector, NullMetrics())
+    out = {}
+    try:
+        for photo in photos:
+            detector.photo = photo["id"]
+            result = await engine.describe(
+                photo["path"].read_bytes(),
+                True,
+                time.monotonic() + 120,
+                classes=frozenset({"face"}),
+            )
+            if result.degradations:
+                raise RuntimeError(f"{photo['id']}: {result.degradations}")
+            found = [
+                ((o.box.left, o.box.top, o.box.width, o.box.height), o.confidence)
+                for o in result.objects
+            ]
+            out[photo["id"]] = (found, photo["id"] in detector.tiled)
+    finally:
+        engine.close()
+        await detector.close()
+    return Answers("service", out)
+
+
+def same_detections(
+    mine: Sequence[tuple[Box, float]], theirs: Sequence[tuple[Box, float]], px: float = 0.05
+) -> bool:
+    """Equal up to float noise: the same boxes (within ``px`` source pixels) and scores."""
+
+    def order(items):
+        return sorted(items, key=lambda d: (-round(d[1], 4), round(d[0][0]), round(d[0][1])))
+
+    return len(mine) == len(theirs) and all(
+        abs(a[1] - b[1]) < 1e-4 and max(abs(x - y) for x, y in zip(a[0], b[0], strict=True)) < px
+        for a, b in zip(order(mine), order(theirs), strict=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -734,43 +866,55 @@ def main(argv: list[str] | None = None) -> int:
         sidecar.start()
         sidecar.wait_ready()
         url = sidecar.grpc_url
+    inputs = ServiceInputs()
     try:
         started = time.monotonic()
         models = Models(url)
         images, raws = {}, {}
         for photo in photos:
             decoded = vips.normalise(pyvips.Image.new_from_file(str(photo["path"])))
-            decoded = decoded.copy_memory()
-            orientation = decoded.get("orientation") if decoded.get_typeof("orientation") else 1
-            images[photo["id"]] = decoded.autorot().copy_memory()
-            raws[photo["id"]] = run_models(models, decoded, orientation, args.max_side)
+            image = decoded.copy_memory().autorot().copy_memory()
+            images[photo["id"]] = image
+            raw = run_models(
+                models,
+                inputs,
+                photo["path"].read_bytes(),
+                (image.width, image.height),
+                args.max_side,
+            )
+            raw.photo = photo["id"]
+            raws[photo["id"]] = raw
         client = asyncio.run(client_outputs(url, {k: r.rgb for k, r in raws.items()}))
+        service = asyncio.run(service_outputs(url, photos, args.max_side))
     finally:
+        inputs.close()
         if sidecar is not None:
             sidecar.stop()
 
-    # The post-processed `current` must be what the client returns.
+    extra = proposed_configs()
+    proposal = extra[-1]
+    assert proposal.name == "proposal"
+    # The proposal's first pass must be what the client's detect returns on the same input,
+    # and the proposal what the service answers.
+    first_pass = replace(proposal, name="proposal, first pass", tiled_side=None)
     check = {"photos": len(photos), "mismatches": []}
+    service_check = {"photos": len(photos), "mismatches": []}
     for photo in photos:
         raw = raws[photo["id"]]
-        mine, _ = CURRENT.detect(models, raw)
         sx, sy = raw.width / raw.input_w, raw.height / raw.input_h
         theirs = [
             ((d.left * sx, d.top * sy, d.width * sx, d.height * sy), d.confidence)
             for d in client[photo["id"]]
         ]
-        same = len(mine) == len(theirs) and all(
-            abs(a[1] - b[1]) < 1e-4
-            and max(abs(x - y) for x, y in zip(a[0], b[0], strict=True)) < 0.05
-            for a, b in zip(mine, theirs, strict=True)
-        )
-        if not same:
+        if not same_detections(first_pass.detect(models, raw)[0], theirs):
             check["mismatches"].append(photo["id"])
+        mine, tiled = proposal.detect(models, raw)
+        answer, service_tiled = service.detect(models, raw)
+        if tiled != service_tiled or not same_detections(mine, answer):
+            service_check["mismatches"].append(photo["id"])
 
-    proposals = configs()
-    extra = proposed_configs()
-    detection = [evaluate_detection(models, photos, raws, c) for c in [*proposals, *extra]]
-    crop_configs = [CURRENT, *extra[-1:]]
+    detection = [evaluate_detection(models, photos, raws, c) for c in [*configs(), *extra, service]]
+    crop_configs = [BEFORE, proposal]
     crops = {c.name: evaluate_crops(models, photos, images, raws, c) for c in crop_configs}
 
     if args.picture:
@@ -792,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         "match_iou": MATCH_IOU,
         "keep_slack_px": KEEP_SLACK,
         "client_check": check,
+        "service_check": service_check,
         "detection": detection,
         "crops": crops,
         "seconds": round(time.monotonic() - started, 1),
@@ -803,7 +948,12 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n## Crops\n"
         + crops_markdown({name: crops[name] for name in crops})
     )
-    md += f"\n\nclient check: {len(check['mismatches'])} mismatches over {check['photos']} photos\n"
+    md += (
+        f"\n\nclient check (proposal's first pass = Detector.detect): "
+        f"{len(check['mismatches'])} mismatches over {check['photos']} photos {check['mismatches']}"
+        f"\nservice check (proposal = Engine.describe): {len(service_check['mismatches'])} "
+        f"mismatches over {service_check['photos']} photos {service_check['mismatches']}\n"
+    )
     (RESULTS / f"detection-{stamp}.json").write_text(json.dumps(record, indent=1, default=str))
     (RESULTS / f"detection-{stamp}.md").write_text(md)
     print(md)
@@ -812,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: false boxes on face-free photos: {r['false_on_face_free']}")
         print(f"{name}: false boxes on face photos: {r['false_on_face_photos']}")
     print(f"results: {RESULTS / f'detection-{stamp}.json'}")
-    return 1 if check["mismatches"] else 0
+    return 1 if check["mismatches"] or service_check["mismatches"] else 0
 
 
 def proposed_configs() -> list[Config]:
