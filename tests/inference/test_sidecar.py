@@ -151,6 +151,7 @@ def test_a_model_whose_configs_use_different_backends_is_refused(tmp_path):
 def test_the_real_repository_derives_to_python_backend_models(tmp_path):
     names = derive_python_backend_repository(REPO_ROOT / "model_repository", tmp_path / "models")
     assert names == [
+        "autoquality",
         "blazeface_full_range",
         "blazeface_short_range",
         "palm_detection_full",
@@ -277,6 +278,7 @@ def _get(url: str) -> tuple[int, str]:
 def test_the_session_sidecar_serves_every_model(triton_sidecar):
     assert triton_sidecar.running
     assert triton_sidecar.model_names == [
+        "autoquality",
         "blazeface_full_range",
         "blazeface_short_range",
         "palm_detection_full",
