@@ -46,6 +46,7 @@ import pyvips  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from photos import build  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
+from imagesvc.encoding import sample as sampling  # noqa: E402
 from imagesvc.encoding.dssim import DssimReference  # noqa: E402
 from imagesvc.encoding.search import GuessHistory  # noqa: E402
 from imagesvc.memory import apply_policy  # noqa: E402
@@ -104,9 +105,29 @@ def dssim_timing(cpu: int, repeat: int = 50) -> dict:
     return out
 
 
+class Clock:
+    """CPU seconds (this process, every thread) spent in the wrapped calls."""
+
+    def __init__(self):
+        self.cpu = 0.0
+        self.calls = 0
+
+    def wrap(self, fn):
+        def timed(*a):
+            start = time.process_time()
+            try:
+                return fn(*a)
+            finally:
+                self.cpu += time.process_time() - start
+                self.calls += 1
+
+        return timed
+
+
 def run_one(fmt, method, image, args, history, low, high) -> dict:
     search_enc = encoder(fmt, image, effort=0)
     final_enc = encoder(fmt, image, effort=args.avif_effort) if fmt == "avif" else None
+    trial_clock, estimate_clock = Clock(), Clock()
     fixed_enc = final_enc or search_enc
     pixels = image.width * image.height
     if method == "dssim":
@@ -133,10 +154,24 @@ def run_one(fmt, method, image, args, history, low, high) -> dict:
             return value
     else:
         measure = len
+    # The trials' CPU: the encode and its measure (for sizes the measure is len).
+    trial_measure = trial_clock.wrap(measure)
+    timed_enc = trial_clock.wrap(search_enc)
+    options = {}
+    estimator = None
+    if not args.no_estimate:
+        # The sample mosaic, its reference (DSSIM) and every estimate: all on estimate_clock.
+        start_cpu = time.process_time()
+        estimator = sampling.estimator(
+            image, method, lambda img, q: encoder(fmt, img, effort=0)(q), fixed_key=(fmt, 0)
+        )
+        estimate_clock.cpu += time.process_time() - start_cpu
+        if estimator is not None:
+            options = dict(estimate=estimate_clock.wrap(estimator), estimate_cost=estimator.cost)
     result = history.search(
         key,
-        search_enc,
-        measure,
+        timed_enc,
+        trial_measure if method == "dssim" else len,
         kind=method,
         scale=scale,
         target=target,
@@ -144,6 +179,7 @@ def run_one(fmt, method, image, args, history, low, high) -> dict:
         high=high,
         allowed_error=error,
         final=final_enc,
+        **options,
     )
     search_s = time.perf_counter() - start
 
@@ -167,6 +203,14 @@ def run_one(fmt, method, image, args, history, low, high) -> dict:
         "allowed_error": error,
         "quality": result.quality,
         "encodes": result.encodes,
+        "estimates": len(result.estimates),
+        "estimate_share": estimator.cost if estimator is not None else 0.0,
+        "estimate_tiles": estimator.sample.tiles if estimator is not None else 0,
+        "estimate_cost": result.estimate_cost,
+        "estimate_cpu_s": estimate_clock.cpu,
+        "trial_cpu_s": trial_clock.cpu,
+        "trial_encodes": result.encodes - (final_enc is not None),
+        "estimate_trials": result.estimates,
         "achieved": result.achieved,
         "within": result.within,
         "target_met": result.target_met,
@@ -198,6 +242,18 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "images": len(sel),
                     "encodes_mean": statistics.mean(r["encodes"] for r in sel),
                     "encodes_max": max(r["encodes"] for r in sel),
+                    "estimates_mean": statistics.mean(r["estimates"] for r in sel),
+                    # The estimates' cost in encodes: by their share of the pixels, and by CPU
+                    # time against the mean trial (encode + measure) of the same rows.
+                    "estimate_cost_pixels": statistics.mean(r["estimate_cost"] for r in sel),
+                    "estimate_cost_cpu": (
+                        sum(r["estimate_cpu_s"] for r in sel)
+                        / (
+                            sum(r["trial_cpu_s"] for r in sel)
+                            / max(1, sum(r["trial_encodes"] for r in sel))
+                        )
+                        / len(sel)
+                    ),
                     "within_share": sum(r["within"] for r in sel) / len(sel),
                     "met_share": sum(r["target_met"] for r in sel) / len(sel),
                     "reachable": len(reachable),
@@ -226,6 +282,12 @@ def main() -> int:
     parser.add_argument("--corpus", default="photos-12mp", choices=("photos-12mp", "photos"))
     parser.add_argument("--box", type=int, default=720)
     parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument(
+        "--offset", type=int, default=0, help="skip the corpus' first N photos (hold-out halves)"
+    )
+    parser.add_argument(
+        "--no-estimate", action="store_true", help="search without the sample mosaic's estimate"
+    )
     parser.add_argument("--formats", default="jpeg,webp,avif")
     parser.add_argument("--methods", default="dssim,size")
     parser.add_argument("--range", default="30:95", help="min:max quality for every format")
@@ -254,6 +316,7 @@ def main() -> int:
     if not args.dssim_only:
         low, high = (int(v) for v in args.range.split(":"))
         paths = build(args.corpus, log=lambda *_: None)
+        paths = paths[args.offset :]
         if args.limit:
             paths = paths[: args.limit]
         images = [(p.name, load(p, args.box)) for p in paths]
@@ -268,6 +331,7 @@ def main() -> int:
                     print(
                         f"  {method:5} {fmt:4} {name[:34]:34} q{row['quality']:<3} "
                         f"opt q{row['optimum_quality']:<3} encodes {row['encodes']} "
+                        f"+ {row['estimates']} x {row['estimate_share']:.3f} "
                         f"achieved {row['achieved']:.4g} within {row['within']}",
                         flush=True,
                     )
@@ -279,16 +343,20 @@ def main() -> int:
             f"(-{args.size_error:.0%} .. 0); q80 and optimum at the final effort\n"
         )
         header = (
-            "| method | format | images | encodes mean (max) | within | met | bytes/q80 "
-            "| bytes/optimum | q = optimum | wall/q80 | DSSIM ms/measure |"
+            "| method | format | images | encodes mean (max) | estimates: calls, cost (pixels; "
+            "CPU) | total (CPU) | within | met | bytes/q80 | bytes/optimum | q = optimum "
+            "| wall/q80 | DSSIM ms/measure |"
         )
         print(header)
-        print("|" + "---|" * 11)
+        print("|" + "---|" * 13)
         for t in table:
             dssim_ms = f"{t['dssim_ms_per_measure']:.1f}" if t["dssim_ms_per_measure"] else "-"
             print(
                 f"| {t['method']} | {t['format']} | {t['images']} | {t['encodes_mean']:.2f} "
-                f"({t['encodes_max']}) | {t['within_share']:.0%} | {t['met_share']:.0%} "
+                f"({t['encodes_max']}) | {t['estimates_mean']:.2f}, "
+                f"{t['estimate_cost_pixels']:.2f}; {t['estimate_cost_cpu']:.2f} "
+                f"| {t['encodes_mean'] + t['estimate_cost_cpu']:.2f} "
+                f"| {t['within_share']:.0%} | {t['met_share']:.0%} "
                 f"| {t['bytes_vs_q80']:.3f} | {t['bytes_vs_optimum']:.3f} "
                 f"| {t['same_quality_as_optimum']:.0%} | {t['wall_vs_q80']:.2f} | {dssim_ms} |"
             )

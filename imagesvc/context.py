@@ -57,6 +57,8 @@ class StepContext:
     # decoded from the source while the pipeline runs): killed together with ``killable``.
     side: list[pyvips.Image] = field(default_factory=list)
     killed: bool = False
+    # A step's ``prepare`` left this for its ``run``: (the step's options, what it computed).
+    prepared: tuple[object, object] | None = None
 
     def check_deadline(self) -> None:
         if self.cancelled:

@@ -28,6 +28,7 @@ from imagesvc import planning, vips
 from imagesvc.context import Degradation, DetectedObject, StepContext
 from imagesvc.detection_cache import CacheKey, DetectionCache
 from imagesvc.encoding.encoder import EncodeResult, EncodingReportValues, encode_output
+from imagesvc.encoding.ml import TritonQualityPredictor
 from imagesvc.encoding.savers import source_palette
 from imagesvc.encoding.search import GuessHistory
 from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded, ResponseTooLarge
@@ -367,15 +368,27 @@ class _Run:
     cache_key: CacheKey | None = None
     cached: tuple[DetectedObject, ...] | None = None
     preview: np.ndarray | None = None
+    prepared: int = -1  # the step whose ``prepare`` ran on ``image`` (OpSpec.prepare)
 
 
 class Engine:
     """Runs requests; owns the worker pool and the admission limits."""
 
-    def __init__(self, settings: Settings, detector: Detector | None, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        detector: Detector | None,
+        metrics: Metrics,
+        quality_model=None,
+    ) -> None:
+        """``quality_model``: the ML autoquality method's Triton client
+        (``inference.autoquality_client.QualityPredictor``); None: ML searches by DSSIM,
+        degraded."""
         self.settings = settings
         self.detector = detector
         self.metrics = metrics
+        self.quality_model = quality_model
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="vips")
         # What autoquality learnt from earlier images: its first guesses (bounded).
         self._quality_history = GuessHistory()
@@ -484,6 +497,7 @@ class Engine:
     # --- ProcessImage ----------------------------------------------------------------------
 
     async def process(self, request: ProcessRequest, ctx_deadline: float) -> ProcessResult:
+        self._loop = asyncio.get_running_loop()  # the ML predictor's calls run on it
         async with self.admitted():
             return await self._process(request, ctx_deadline)
 
@@ -580,13 +594,29 @@ class Engine:
                 op = run.ops[run.next_op]
                 step = run.plan.steps[run.next_op]
                 ctx.check_deadline()
-                if op.spec.needs_detections(op.options):
-                    if step.input_in_memory and not ctx.in_memory:
+                if op.spec.needs_detections(op.options) and ctx.objects is None:
+                    if op.spec.prepare is not None and run.prepared != run.next_op:
+                        # What the step can do without detections (a fill's scaling), into
+                        # memory, while Triton works.
+                        run.image = self._timed(
+                            f"{op.name}.prepare",
+                            op.spec.prepare,
+                            ctx.watch(run.image),
+                            op.options,
+                            ctx,
+                        )
+                        run.prepared = run.next_op
+                    elif step.input_in_memory and not ctx.in_memory:
                         # Planned: the step reads its input at random (a detection op, or
                         # object gravity's smart fallback). Copied now, while Triton works.
                         run.image = ctx.materialise(run.image)
-                    if ctx.objects is None:
-                        return run
+                    return run
+                if (
+                    op.spec.needs_detections(op.options)
+                    and step.input_in_memory
+                    and not ctx.in_memory
+                ):
+                    run.image = ctx.materialise(run.image)
                 if step.copy_before:
                     # A second window operation in one lazy chain: see planning.WINDOW_ROWS.
                     run.image = ctx.materialise(run.image)
@@ -631,6 +661,7 @@ class Engine:
             kill_check=run.ctx.check_deadline,
             history=self._quality_history,
             watch=run.ctx.watch,
+            predictor=self._quality_predictor(run),
         )
         for reason, message in result.degradations:
             run.ctx.degrade(reason, "", message)
@@ -649,7 +680,27 @@ class Engine:
             report.encodes,
             report.achieved_dssim if report.method in ("dssim", "ml") else None,
         )
+        if report.method == "ml" and report.predicted_quality:
+            self.metrics.autoquality_prediction(
+                fmt, report.model_version, report.predicted_quality, report.quality
+            )
         return result
+
+    def _quality_predictor(self, run: _Run) -> TritonQualityPredictor | None:
+        """The ML method's predictor for this request (its deadline bounds the call), when
+        the request may use the method and there is a model client; else None (ML then
+        searches by DSSIM, degraded)."""
+        if self.quality_model is None or self._loop is None:
+            return None
+        encoding = run.request.output.encoding
+        method = (
+            encoding.autoquality.method
+            if encoding is not None
+            else self.settings.autoquality_method
+        )
+        if method != "ml":
+            return None
+        return TritonQualityPredictor(self.quality_model, self._loop, run.ctx.deadline)
 
     def _classify(self, error: pyvips.Error, run: _Run) -> ImageSvcError:
         """The caller-facing error for a libvips failure inside a step or the encode.

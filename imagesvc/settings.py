@@ -207,6 +207,11 @@ class Settings(BaseSettings):
         ge=0,
         description="After Triton fails, skip it (degrade at once) this long before probing again.",
     )
+    autoquality_ml_model: str = Field(
+        "autoquality",
+        description="Triton model of the ML autoquality method; empty: no model (ML then "
+        "searches by DSSIM, reported as AUTOQUALITY_ML_UNAVAILABLE).",
+    )
     detection_score_threshold: float = Field(0.5, ge=0, le=1, description="Min face score.")
     detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
     # NoDecode: a comma-separated list of Triton model names, split by the validator below.

@@ -64,6 +64,7 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from inference import face_refine
+from inference.breaker import CircuitBreaker
 from inference.ssd import clip_boxes, iou
 from inference.detection import Detection
 from inference.errors import InferenceError, InferenceUnavailable
@@ -187,6 +188,16 @@ def to_inference_error(
     return InferenceError(f"TRITON_{code}", f"{where}{message}")
 
 
+def call_timeout(default_s: float, timeout_s: float | None) -> float:
+    """The ``client_timeout`` of a call: the client's ``default_s``, capped by the caller's
+    ``timeout_s`` (e.g. the RPC's remaining deadline). No time left raises
+    `InferenceUnavailable` ``TRITON_TIMEOUT`` without calling Triton."""
+    timeout = default_s if timeout_s is None else min(default_s, timeout_s)
+    if timeout <= 0:
+        raise InferenceUnavailable("TRITON_TIMEOUT", "no time left for inference")
+    return timeout
+
+
 def _dims_match(seen: tuple[str, list[int]], want: tuple[str, list[int]]) -> bool:
     """Same datatype and dims; a -1 in ``want`` (a dimension the model decides) matches any."""
     return seen[0] == want[0] and (
@@ -268,6 +279,12 @@ class Detector:
         ``ready()``), ``detect`` fails at once with ``TRITON_CIRCUIT_OPEN`` for this long,
         then lets one call through to probe; a success or a passing ``ready()`` closes it.
         A slow or dead sidecar then costs callers nothing instead of a timeout each.
+        Ignored when ``breaker`` is given.
+    breaker
+        The `inference.breaker.CircuitBreaker` to use, e.g. one shared with the
+        `inference.autoquality_client.QualityPredictor` of the same sidecar, so that a
+        failure either sees makes both fail fast. Default: a breaker of its own, with
+        ``retry_after_s``.
     """
 
     def __init__(
@@ -280,6 +297,7 @@ class Detector:
         *,
         models: Iterable[DetectionModel] | None = None,
         retry_after_s: float = 2.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -307,8 +325,16 @@ class Detector:
         self._tile_model = _tile_model(self._models, nms_threshold)
         self._client: triton_grpc.InferenceServerClient | None = None
         self._not_ready_reason: str | None = None
-        self.retry_after_s = retry_after_s
-        self._breaker_opened: float | None = None  # time.monotonic() when it last opened
+        self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
+
+    @property
+    def retry_after_s(self) -> float:
+        """The circuit breaker's ``retry_after_s`` (shared with whoever shares it)."""
+        return self.breaker.retry_after_s
+
+    @retry_after_s.setter
+    def retry_after_s(self, value: float) -> None:
+        self.breaker.retry_after_s = value
 
     @property
     def classes(self) -> frozenset[str]:
@@ -424,27 +450,11 @@ class Detector:
         return merged
 
     def _call_timeout(self, timeout_s: float | None) -> float:
-        timeout = self.timeout_s if timeout_s is None else min(self.timeout_s, timeout_s)
-        if timeout <= 0:
-            raise InferenceUnavailable("TRITON_TIMEOUT", "no time left for inference")
-        return timeout
+        return call_timeout(self.timeout_s, timeout_s)
 
     async def _guarded(self, calls: Coroutine[Any, Any, T]) -> T:
         """``calls`` (Triton requests) behind the circuit breaker (see ``retry_after_s``)."""
-        if self._breaker_opened is not None:
-            if time.monotonic() - self._breaker_opened < self.retry_after_s:
-                calls.close()
-                raise InferenceUnavailable(
-                    "TRITON_CIRCUIT_OPEN", "Triton was unavailable moments ago; not calling it"
-                )
-            self._breaker_opened = time.monotonic()  # half-open: this call probes, others wait
-        try:
-            result = await calls
-        except InferenceUnavailable:
-            self._breaker_opened = time.monotonic()
-            raise
-        self._breaker_opened = None
-        return result
+        return await self.breaker.guarded(calls)
 
     async def _run_tiles(
         self,
@@ -540,10 +550,7 @@ class Detector:
             else:
                 logger.warning("Triton at %s not ready: %s", self.url, problem)
             self._not_ready_reason = problem
-        if problem is None:
-            self._breaker_opened = None
-        elif self._breaker_opened is None:
-            self._breaker_opened = time.monotonic()
+        self.breaker.readiness(problem is None)
         return problem is None
 
     async def _readiness_problem(self) -> str | None:

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 import pytest
 import pyvips
 
-from tests.images import from_array, jpeg, png, request, textured, with_orientation
+from tests.images import (
+    decode,
+    from_array,
+    jpeg,
+    png,
+    request,
+    ssim,
+    textured,
+    to_array,
+    with_orientation,
+)
 from tests.test_engine import FailingDetector, RedBlockDetector, red_block_source
 from imagesvc import vips
 from imagesvc.context import StepContext
@@ -305,6 +315,41 @@ async def test_detection_runs_while_the_steps_before_it_do(make_engine):
     result = await asyncio.wait_for(task, 30)
     assert options["overlapped"] is True  # Triton was called while the probe step ran
     assert len(result.objects) == 1
+
+
+class StepMetrics(NullMetrics):
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def step(self, op: str, seconds: float) -> None:
+        self.steps.append(op)
+
+
+async def test_a_fill_scales_while_its_detections_are_awaited(make_engine):
+    # Object gravity's crop waits for Triton; the scaling before it does not, so it runs (to
+    # memory) while the detector holds the answer, and the crop is the one a cached answer
+    # gives.
+    data = jpeg(red_block_source(1600, 1200, (1350, 200, 200, 200)))
+    msg = request(data, [fill(100, 150)], format=pb.IMAGE_FORMAT_PNG)
+    detector, metrics = EnteringDetector(), StepMetrics()
+    engine = make_engine(detector, metrics)
+    task = asyncio.ensure_future(process(engine, msg))
+    await asyncio.wait_for(asyncio.to_thread(detector.entered.wait, 10), 15)
+    for _ in range(200):  # the prepare hop finishes while the detector still holds
+        if "resize.prepare" in metrics.steps:
+            break
+        await asyncio.sleep(0.01)
+    assert "resize.prepare" in metrics.steps and "resize" not in metrics.steps
+    detector.release.set()
+    first = await asyncio.wait_for(task, 30)
+    again = await process(engine, msg)  # cached detections: no prepare hop
+    assert metrics.steps.count("resize.prepare") == 1
+    assert boxes(first.objects) == boxes(again.objects)
+    a, b = to_array(decode(first.data)), to_array(decode(again.data))
+    # The same window (a cache hit may decode at another shrink: pixels within rounding).
+    assert a.shape == b.shape == (150, 100, 3) and ssim(a, b) > 0.98
+    red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
+    assert red.sum() > 0.5 * 25 * 25  # the detected block (~25 px at this scale) was kept
 
 
 async def test_a_cancelled_request_cancels_its_detection(make_engine):

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 import pyvips
 
 from imagesvc.encoding import best_format
-from imagesvc.encoding.search import fit_max_bytes, search_quality
+from imagesvc.encoding import sample
+from imagesvc.encoding.ml import (
+    AUTOQUALITY_ML_UNAVAILABLE,
+    PredictionUnavailable,
+    QualityPrediction,
+    QualityPredictor,
+)
+from imagesvc.encoding.search import DSSIM_AIM, fit_max_bytes, search_quality
 from imagesvc.encoding.savers import (
     WRITABLE_FORMATS,
     SaveParams,
@@ -41,7 +48,6 @@ __all__ = [
     "source_palette",
 ]
 
-AUTOQUALITY_ML_UNAVAILABLE = "AUTOQUALITY_ML_UNAVAILABLE"
 AUTOQUALITY_SKIPPED = "AUTOQUALITY_SKIPPED"
 BEST = "best"
 # AVIF trial encodes run at this effort; the returned file is encoded once more at the
@@ -52,9 +58,9 @@ AVIF_SEARCH_EFFORT = 0
 SIZE_ALLOWED_ERROR = 0.05
 LOSSLESS_FORMATS = ("tiff",)  # always lossless (png unless quantized; webp/avif when asked)
 
-# A quality predictor for the ML method: (prepared image, format) -> first guess, or None when
-# unavailable (the method then falls back to DSSIM, degraded).
-Predictor = Callable[[pyvips.Image, str], "int | None"]
+# allowed_error at or above this trusts the ML prediction: one encode, no DSSIM measured
+# (imgproxy Pro's "allowed error 1").
+TRUST_PREDICTION_ERROR = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,7 @@ class CandidateResult:
     lossless: bool
     near_lossless: bool = False
     palette_colors: int = 0
+    predicted_quality: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,8 @@ class EncodingReportValues:
     palette_colors: int = 0  # entries of the PNG / GIF palette written, 0 otherwise
     candidates: tuple[CandidateResult, ...] = ()  # best format: every candidate, smallest first
     near_lossless: bool = False
+    predicted_quality: int = 0  # ML: the model's first guess for the returned format, else 0
+    model_version: str = ""  # ML: the quality model that predicted it, else ""
 
     def to_proto(self) -> pb.EncodingReport:
         return pb.EncodingReport(
@@ -90,12 +99,15 @@ class EncodingReportValues:
             target_met=self.target_met,
             lossless=self.lossless,
             palette_colors=self.palette_colors,
+            predicted_quality=self.predicted_quality,
+            model_version=self.model_version,
             candidates=[
                 pb.FormatCandidate(
                     format=ENUM_BY_FORMAT[c.format],
                     size_bytes=c.size_bytes,
                     quality=c.quality,
                     lossless=c.lossless,
+                    predicted_quality=c.predicted_quality,
                 )
                 for c in self.candidates
             ],
@@ -162,7 +174,7 @@ def encode_output(
     kill_check: Callable[[], None] | None = None,
     history=None,
     watch: Callable[[pyvips.Image], pyvips.Image] | None = None,
-    predictor: Predictor | None = None,
+    predictor: QualityPredictor | None = None,
 ) -> EncodeResult:
     """Encode the result image as ``output`` asks.
 
@@ -172,8 +184,8 @@ def encode_output(
     seeds each search, which it then learns from) or a ``search.QualityCurve`` used as the
     prior as it is; None: no prior. ``watch`` names the in-memory
     copy trial encodes read from (the engine's ``StepContext.watch``), so a deadline kills a
-    running trial encode too. ``predictor``: the ML method's first guess (None: ML falls back to
-    DSSIM, degraded).
+    running trial encode too. ``predictor``: the ML method's curves (None, or a predictor that
+    cannot answer: ML falls back to DSSIM, degraded).
     """
     spec = output.encoding or EncodingSpec.from_settings(settings)
     job = _Job(output, spec, settings, source_palette, kill_check, history, watch, predictor)
@@ -190,6 +202,7 @@ class _Outcome:
     method: str = "none"
     dssim: float = 0.0
     target_met: bool = True
+    predicted_quality: int = 0
 
 
 class _Job:
@@ -202,7 +215,7 @@ class _Job:
         kill_check: Callable[[], None] | None,
         history,
         watch: Callable[[pyvips.Image], pyvips.Image] | None,
-        predictor: Predictor | None,
+        predictor: QualityPredictor | None,
     ) -> None:
         self.output = output
         self.spec = spec
@@ -212,6 +225,8 @@ class _Job:
         self.history = history
         self.watch = watch or (lambda image: image)
         self.predictor = predictor
+        self._prediction: QualityPrediction | None = None
+        self.model_version = ""
         self.encodes = 0
         self.degradations: list[tuple[str, str]] = []
         self._references: dict[bool, object] = {}
@@ -333,7 +348,7 @@ class _Job:
         if method != "none" and not params.near_lossless:
             # With max_bytes the final effort waits until the size is settled.
             outcome = self.autoquality(
-                prepared, trial, encode, None if max_bytes else later, method
+                prepared, trial, keep, encode, None if max_bytes else later, method
             )
             if not max_bytes:
                 later = None  # done by the search
@@ -348,34 +363,66 @@ class _Job:
                 if outcome.method in ("dssim", "ml"):
                     dssim = self.reference(prepared).dssim_of(data)
                 met = outcome.target_met and not (max_bytes and len(data) > max_bytes)
-                outcome = _Outcome(data, outcome.params, outcome.method, dssim, met)
+                outcome = _Outcome(
+                    data, outcome.params, outcome.method, dssim, met, outcome.predicted_quality
+                )
         return replace_params(outcome, effort=params.effort)
+
+    def prediction(self, image: pyvips.Image, formats: tuple[str, ...]) -> QualityPrediction | None:
+        """The ML curves of ``formats`` for ``image``, asked once per result (best format asks
+        for every candidate in one call); None, with the degradation noted once, when the
+        predictor cannot answer."""
+        if self._prediction is None and self.predictor is not None:
+            try:
+                self._prediction = self.predictor.predict(image, formats)
+            except PredictionUnavailable as error:
+                self.predictor = None
+                self.degradations.append(
+                    (
+                        AUTOQUALITY_ML_UNAVAILABLE,
+                        f"{error.message} ({error.reason}); the quality was searched by DSSIM",
+                    )
+                )
+        return self._prediction
 
     def autoquality(
         self,
         prepared: pyvips.Image,
         params: SaveParams,
+        keep: str,
         encode: Callable[[int], bytes],
         final: Callable[[int], bytes] | None,
         method: str,
     ) -> _Outcome:
+        if method == "ml":
+            outcome = self.autoquality_ml(prepared, params, keep, encode, final)
+            if outcome is not None:
+                return outcome
+            method = "dssim"  # the degradation is noted
         aq = self.spec.autoquality
         low, high = aq.bounds(params.format)
         kind = "size" if method == "size" else "dssim"
         measure = len if kind == "size" else self.reference(prepared)
         allowed_error = SIZE_ALLOWED_ERROR if kind == "size" else aq.allowed_error
-        first_guess = None
-        if method == "ml" and self.predictor is not None:
-            guess = self.predictor(prepared, params.format)
-            first_guess = min(max(int(guess), low), high) if guess is not None else None
         options = dict(
             target=aq.target,
             low=low,
             high=high,
             allowed_error=allowed_error,
-            first_guess=first_guess,
             final=final,
         )
+        # The cheap estimate: a sampled mosaic of the image, encoded with the same options
+        # (imagesvc.encoding.sample). Its encodes are not counted in ``encodes`` (saves of
+        # the result); the search reports their cost in encodes (estimate_cost).
+        estimator = sample.estimator(
+            prepared,
+            kind,
+            lambda image, quality: save(image, replace(params, quality=quality), keep),
+            check=self.kill_check,
+            fixed_key=(replace(params, quality=0), keep),
+        )
+        if estimator is not None:
+            options.update(estimate=estimator, estimate_cost=estimator.cost)
         history = self.history
         if history is not None and hasattr(history, "search"):
             key = history.key(params.format, prepared.width, prepared.height, method)
@@ -387,6 +434,66 @@ class _Job:
         dssim = float(found.achieved) if kind == "dssim" else 0.0
         return _Outcome(
             found.data, replace(params, quality=found.quality), method, dssim, found.target_met
+        )
+
+    def autoquality_ml(
+        self,
+        prepared: pyvips.Image,
+        params: SaveParams,
+        keep: str,
+        encode: Callable[[int], bytes],
+        final: Callable[[int], bytes] | None,
+    ) -> _Outcome | None:
+        """The ML method (README "Autoquality by ML"): the predicted curve inverted for the
+        search's aim, one encode and one DSSIM to check it, corrections along the curve shifted
+        through the measures (``search_quality`` with the curve as prior and the guess first).
+        ``allowed_error`` >= TRUST_PREDICTION_ERROR trusts the guess: one encode (at the final
+        effort), no DSSIM. None when there is no prediction for this format."""
+        fmt = params.format
+        prediction = self.prediction(prepared, (fmt,))
+        if prediction is None:
+            return None
+        try:
+            curve = prediction.curve(fmt)
+        except PredictionUnavailable as error:
+            self.degradations.append(
+                (
+                    AUTOQUALITY_ML_UNAVAILABLE,
+                    f"{error.message} ({error.reason}); the quality was searched by DSSIM",
+                )
+            )
+            return None
+        self.model_version = prediction.version
+        aq = self.spec.autoquality
+        low, high = aq.bounds(fmt)
+        # AVIF: every encode at the requested effort (``final``), not a trial at effort 0 and
+        # the answer again: the check usually settles it in one encode, and the correction
+        # shifts the curve (learnt at effort 0) through what the final effort measures.
+        encode, final = (final, None) if final is not None else (encode, None)
+        if aq.allowed_error >= TRUST_PREDICTION_ERROR:
+            guess = prediction.quality_for(fmt, aq.target, low, high)
+            data = encode(guess)
+            return _Outcome(data, replace(params, quality=guess), "ml", 0.0, True, guess)
+        aim = aq.target + DSSIM_AIM * aq.allowed_error
+        guess = prediction.quality_for(fmt, aim, low, high)
+        found = search_quality(
+            encode,
+            self.reference(prepared),
+            kind="dssim",
+            target=aq.target,
+            low=low,
+            high=high,
+            allowed_error=aq.allowed_error,
+            first_guess=guess,
+            prior=curve,
+        )
+        return _Outcome(
+            found.data,
+            replace(params, quality=found.quality),
+            "ml",
+            float(found.achieved),
+            found.target_met,
+            guess,
         )
 
     def fit(
@@ -410,7 +517,12 @@ class _Job:
         else:
             met = found.target_met and outcome.target_met
         return _Outcome(
-            found.data, replace(params, quality=found.quality), outcome.method, dssim, met
+            found.data,
+            replace(params, quality=found.quality),
+            outcome.method,
+            dssim,
+            met,
+            outcome.predicted_quality,
         )
 
     # --- best format --------------------------------------------------------------------
@@ -430,6 +542,15 @@ class _Job:
             measured = best_format.complexity(base)
             names = formats
         plan = best_format.candidates(names, has_alpha, measured)
+        if self.method(base) == "ml":
+            # Every lossy candidate's curve in one call (the model predicts them together).
+            lossy = tuple(
+                c.format
+                for c in plan
+                if c.format in QUALITY_FORMATS and not c.lossless and not c.near_lossless
+            )
+            if lossy:
+                self.prediction(base, lossy)
         tried = self.try_all(base, keep, plan)
         max_bytes = self.spec.max_bytes
         if max_bytes and min(len(o.data) for o in tried) > max_bytes and measured is not None:
@@ -490,6 +611,8 @@ class _Job:
             palette_colors=palette,
             candidates=candidates,
             near_lossless=params.near_lossless and not params.lossless,
+            predicted_quality=outcome.predicted_quality,
+            model_version=self.model_version if outcome.method == "ml" else "",
         )
         return EncodeResult(outcome.data, params.format, report, list(self.degradations))
 
@@ -506,6 +629,7 @@ def replace_params(outcome: _Outcome, **changes) -> _Outcome:
         outcome.method,
         outcome.dssim,
         outcome.target_met,
+        outcome.predicted_quality,
     )
 
 
@@ -528,4 +652,5 @@ def _candidate(outcome: _Outcome) -> CandidateResult:
         lossless,
         params.near_lossless and not params.lossless,
         palette if params.palette_colors else 0,
+        outcome.predicted_quality,
     )

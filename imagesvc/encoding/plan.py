@@ -5,9 +5,11 @@ every search is counted at its cap, every best-format candidate at the lossy arm
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from imagesvc.encoding.search import MAX_ENCODES
+from imagesvc.encoding.sample import MAX_SHARE
+from imagesvc.encoding.search import MAX_ENCODES, MAX_ESTIMATES
 from imagesvc.encoding.spec import QUALITY_FORMATS, EncodingSpec
 
 BEST = "best"
@@ -60,10 +62,17 @@ def encode_costs(fmt: str, spec: EncodingSpec, has_alpha: bool) -> list[EncodeCo
         effort = AVIF_EFFORT_COST.get(spec.avif.effort, 1.0) if name == "avif" else 1.0
         if _searches(spec, name):
             trial = AVIF_EFFORT_COST[AVIF_TRIAL_EFFORT] if name == "avif" else 1.0
-            measured = MAX_ENCODES if spec.autoquality.method in ("dssim", "ml") else 0
+            dssim = spec.autoquality.method in ("dssim", "ml")
             # The cap of trials, then the final encode (at the requested effort for AVIF; for
             # the others the last trial is the result, counted once more as an upper bound).
-            out.append(EncodeCost(name, MAX_ENCODES * trial + effort, measured))
+            trials = MAX_ENCODES
+            measured = MAX_ENCODES if dssim else 0
+            if spec.autoquality.method != "none":
+                # The cheap estimate's encodes (and measures) of a sample mosaic, each at most
+                # MAX_SHARE of the pixels (imagesvc.encoding.sample).
+                trials += MAX_ESTIMATES * MAX_SHARE
+                measured += math.ceil(MAX_ESTIMATES * MAX_SHARE) if dssim else 0
+            out.append(EncodeCost(name, trials * trial + effort, measured))
         else:
             out.append(EncodeCost(name, effort, 0))
     return out

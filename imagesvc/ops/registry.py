@@ -47,6 +47,9 @@ class OpSpec:
     needs_detections: Callable[[Any], bool] = _never
     # The classes the step needs detected (None: every class); asked only when it needs them.
     detection_classes: Callable[[Any], frozenset[str] | None] = _own_classes
+    # Optional, for a step that needs detections: the part of its work that does not depend
+    # on them, run (into memory) while they are awaited; ``run`` then takes its output.
+    prepare: Step | None = None
 
 
 def _spec(module: Any) -> OpSpec:
@@ -56,6 +59,7 @@ def _spec(module: Any) -> OpSpec:
         module.estimate,
         getattr(module, "needs_detections", _never),
         getattr(module, "detection_classes", _own_classes),
+        getattr(module, "prepare", None),
     )
 
 

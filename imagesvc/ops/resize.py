@@ -187,7 +187,9 @@ def _dpr_offsets(gravity: Gravity, dpr: float) -> Gravity:
     return CompassGravity(gravity.position, x_offset, y_offset)
 
 
-def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
+def _scale(
+    image: pyvips.Image, opts: ResizeOptions, ctx: StepContext
+) -> tuple[pyvips.Image, ResizePlan]:
     src_w, src_h = ctx.logical_size or (image.width, image.height)
     ctx.logical_size = None
     # Sizes were checked against the budget when the request was planned (see estimate).
@@ -195,6 +197,24 @@ def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Im
     current_w, current_h = image.width, image.height
     image = resize_pixels(image, *geometry.resized)
     ctx.map(Affine.scale(image.width / current_w, image.height / current_h))
+    return image, geometry
+
+
+def prepare(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
+    """The scaling of a resize whose crop awaits detections (object gravity), computed into
+    memory while they are awaited: the crop's placement (and smart gravity, its fallback)
+    then reads the scaled copy. ``run`` takes it from there (``ctx.prepared``)."""
+    image, geometry = _scale(image, opts, ctx)
+    ctx.prepared = (opts, geometry)
+    return ctx.materialise(image)
+
+
+def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
+    prepared, ctx.prepared = ctx.prepared, None
+    if prepared is not None and prepared[0] is opts:
+        geometry = prepared[1]  # ``image`` is already scaled (prepare)
+    else:
+        image, geometry = _scale(image, opts, ctx)
 
     if geometry.crop is not None:
         crop_w, crop_h = geometry.crop

@@ -40,6 +40,7 @@ from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
+from inference.autoquality_client import QualityPredictor
 from inference.client import FaceDetector, shipped_models
 from inference.yolo import model_from_settings as yolo_model_from_settings
 
@@ -54,6 +55,7 @@ class RunningServer:
     engine: Engine
     health: HealthReporter
     detector: FaceDetector
+    quality_model: QualityPredictor | None
     metrics_port: int | None
     metrics_server: object | None
     trimmer: memory.MemoryTrimmer
@@ -68,6 +70,8 @@ class RunningServer:
         await self.server.stop(grace)
         await self.trimmer.stop()
         await self.detector.close()
+        if self.quality_model is not None:
+            await self.quality_model.close()
         self.engine.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -177,7 +181,17 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         models=models,
         retry_after_s=settings.triton_retry_after_s,
     )
-    engine = Engine(settings, detector, metrics)
+    # The ML autoquality model shares the detector's circuit breaker: one sidecar, one verdict.
+    quality_model = None
+    if settings.autoquality_ml_model:
+        quality_model = QualityPredictor(
+            settings.triton_url,
+            timeout_s=settings.triton_timeout_s,
+            breaker=detector.breaker,
+            on_inference=metrics.inference,
+            model_name=settings.autoquality_ml_model,
+        )
+    engine = Engine(settings, detector, metrics, quality_model)
     ImageServiceServicer(engine, settings).register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -201,7 +215,15 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         request_memory_mb=settings.request_memory_mb,
     )
     return RunningServer(
-        server, port, engine, reporter, detector, metrics_port, metrics_server, trimmer
+        server,
+        port,
+        engine,
+        reporter,
+        detector,
+        quality_model,
+        metrics_port,
+        metrics_server,
+        trimmer,
     )
 
 

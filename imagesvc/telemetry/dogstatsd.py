@@ -59,6 +59,14 @@ class DogStatsdMetrics:
         if dssim is not None:
             self._statsd.distribution(names.DD_ACHIEVED_DSSIM, dssim, tags=tags)
 
+    def autoquality_prediction(
+        self, fmt: str, model_version: str, predicted: int, final: int
+    ) -> None:
+        tags = [f"format:{fmt}", f"model_version:{model_version}"]
+        self._statsd.distribution(
+            names.DD_AUTOQUALITY_PREDICTION_ERROR, final - predicted, tags=tags
+        )
+
     def close(self) -> None:
         self._statsd.flush()
         self._statsd.close_socket()

@@ -14,6 +14,8 @@ RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BYTE_BUCKETS = tuple(1024 * 4**i for i in range(10))  # 1 KiB .. 256 MiB
 ENCODE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24)
 # Around the autoquality targets people use (imgproxy's default 0.02, allowed error 0.001).
+# The final quality minus the ML model's prediction (0: the first guess was kept).
+PREDICTION_ERROR_BUCKETS = (-20, -10, -5, -3, -2, -1, 0, 1, 2, 3, 5, 10, 20)
 DSSIM_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.06, 0.1)
 
 
@@ -30,6 +32,9 @@ class Metrics(Protocol):
     def triton_ready(self, ready: bool) -> None: ...
     def detection_cache(self, hit: bool) -> None: ...
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None: ...
+    def autoquality_prediction(
+        self, fmt: str, model_version: str, predicted: int, final: int
+    ) -> None: ...
 
 
 class PrometheusMetrics:
@@ -100,6 +105,13 @@ class PrometheusMetrics:
             buckets=DSSIM_BUCKETS,
             **kw,
         )
+        self._prediction_error = Histogram(
+            names.AUTOQUALITY_PREDICTION_ERROR,
+            "ML autoquality: the final quality minus the model's predicted quality.",
+            ("format", "model_version"),
+            buckets=PREDICTION_ERROR_BUCKETS,
+            **kw,
+        )
         workers_gauge = Gauge(names.WORKERS, "Configured image workers.", **kw)
         workers_gauge.set(workers)
         build = Gauge(names.BUILD_INFO, "Build information.", tuple(sorted(info or {})), **kw)
@@ -146,6 +158,11 @@ class PrometheusMetrics:
         self._encodes.labels(fmt, method).observe(encodes)
         if dssim is not None:
             self._dssim.labels(fmt, method).observe(dssim)
+
+    def autoquality_prediction(
+        self, fmt: str, model_version: str, predicted: int, final: int
+    ) -> None:
+        self._prediction_error.labels(fmt, model_version).observe(final - predicted)
 
 
 class FanOutMetrics:

@@ -19,6 +19,7 @@ TRITON_READY = "imagesvc_triton_ready"
 DETECTION_CACHE_LOOKUPS = "imagesvc_detection_cache_lookups_total"
 ENCODES_PER_IMAGE = "imagesvc_encodes_per_image"
 ACHIEVED_DSSIM = "imagesvc_achieved_dssim"
+AUTOQUALITY_PREDICTION_ERROR = "imagesvc_autoquality_prediction_error_quality"
 BUILD_INFO = "imagesvc_build_info"
 
 # DogStatsD (dotted, namespace prefixed by the client)
@@ -33,3 +34,4 @@ DD_TRITON_READY = "triton.ready"
 DD_DETECTION_CACHE_LOOKUPS = "detection_cache.lookups"
 DD_ENCODES_PER_IMAGE = "encoding.encodes"
 DD_ACHIEVED_DSSIM = "encoding.achieved_dssim"
+DD_AUTOQUALITY_PREDICTION_ERROR = "encoding.autoquality.prediction_error"

@@ -10,6 +10,7 @@ import pyvips
 import pytest
 
 from imagesvc.encoding import encoder as encoder_module
+from imagesvc.encoding import sample
 from imagesvc.encoding.dssim import DssimReference
 from imagesvc.encoding.encoder import (
     AUTOQUALITY_ML_UNAVAILABLE,
@@ -220,17 +221,6 @@ def test_ml_without_a_predictor_falls_back_to_dssim():
     assert [reason for reason, _ in result.degradations] == [AUTOQUALITY_ML_UNAVAILABLE]
 
 
-def test_ml_uses_the_predictor_first_guess():
-    asked = []
-
-    def predictor(image, fmt):
-        asked.append(fmt)
-        return 75
-
-    result = encode(photo(), out("webp", autoquality=autoquality("ml")), predictor=predictor)
-    assert asked == ["webp"] and result.report.method == "ml" and result.degradations == []
-
-
 def test_autoquality_skipped_above_its_resolution():
     aq = autoquality("dssim", max_resolution_mp=0.001)
     result = encode(photo(), out("jpeg", 55, autoquality=aq))
@@ -325,6 +315,37 @@ def test_history_learns_from_searches():
     assert len(history) == 1
 
 
+@pytest.mark.parametrize("method", ["dssim", "size"])
+def test_autoquality_samples_a_large_image_first(monkeypatch, method):
+    saved = []
+    real = encoder_module.save
+
+    def spy(image, params, keep):
+        saved.append((image.width, image.height))
+        return real(image, params, keep)
+
+    monkeypatch.setattr(encoder_module, "save", spy)
+    image = photo(512, 384)
+    target = 0.012 if method == "dssim" else 512 * 384 * 0.8 / 8
+    aq = autoquality(method, target, ranges=(("jpeg", 30, 95),))
+    result = encode(image, out("jpeg", autoquality=aq))
+    across, down = sample.grid_for(512, 384)
+    mosaic = (across * sample.TILE, down * sample.TILE)
+    full = [size for size in saved if size == (512, 384)]
+    # Only the full-size saves are the result's encodes; the mosaic's (and, for sizes, the
+    # corner's, once) are the estimate's.
+    assert result.report.encodes == len(full) >= 1
+    assert saved.count(mosaic) >= 1
+    corner = (sample.CORNER, sample.CORNER)
+    assert saved.count(corner) == (1 if method == "size" else 0)
+    assert len(saved) == len(full) + saved.count(mosaic) + saved.count(corner)
+    if method == "dssim":
+        measured = DssimReference(image).dssim_of(result.data)
+        assert measured <= 0.013 and result.report.target_met
+    else:
+        assert len(result.data) <= target and result.report.target_met
+
+
 # --- best format ---------------------------------------------------------------------------------
 
 
@@ -412,3 +433,15 @@ def test_autoquality_degradations_only_where_autoquality_applies():
     lossless = replace(lossless, webp=replace(lossless.webp, compression="lossless"))
     result = encode(photo(), OutputSpec("webp", None, encoding=lossless))
     assert result.degradations == [] and result.report.method == "none"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif"])
+def test_a_flat_image_whose_dssim_is_zero_is_searched(fmt):
+    # Encodes of a flat grey image decode to the same pixels: DSSIM 0 at every quality, for
+    # the sample estimate too (the image is large enough to be sampled). Found by the ML
+    # bench on a flat wallpaper: the search divided by the DSSIM.
+    image = from_array(np.full((400, 400, 3), 118, np.uint8))
+    aq = autoquality("dssim", 0.01, ranges=((fmt, 30, 95),))
+    result = encode(image, out(fmt, autoquality=aq))
+    assert result.report.target_met and result.report.quality == 30
+    assert decode(result.data).width == 400

@@ -1,5 +1,6 @@
 """The autoquality search (imagesvc/encoding/search.py): synthetic curves with counted encodes,
-ends of the range, noise, the history, max_bytes, and real libvips encodes measured by DSSIM."""
+ends of the range, noise, the history, max_bytes, the cheap estimate and its learned bias, and
+real libvips encodes measured by DSSIM (with and without the sample mosaic's estimate)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from imagesvc.encoding import sample
+from imagesvc.encoding import search as search_module
 from imagesvc.encoding.dssim import DssimReference
 from imagesvc.encoding.search import (
+    MAX_ESTIMATES,
     GuessHistory,
     QualityCurve,
     fit_max_bytes,
@@ -215,20 +219,24 @@ def test_first_guess_and_prior_are_used():
         first_guess=64,
     )
     assert (result.quality, result.encodes, result.within) == (64, 1, True)
-    # An exact prior curve (what an ML predictor would give): one encode.
+    # An exact prior curve (what an ML predictor would give): one encode, at the optimum: the
+    # search aims at the upper half of the band (target + allowed_error / 2), so q70 (DSSIM
+    # target + 0.0003) and not q71 (the target itself).
     prior = QualityCurve.from_points((q, curve.value(q)) for q in range(30, 96, 5))
     fresh = Curve("dssim", 0.02, -0.025)
+    target, error = fresh.value(71), 0.0005
     result = search_quality(
         fresh.encode,
         measure,
-        target=fresh.value(71),
+        target=target,
         low=30,
         high=95,
-        allowed_error=0.0003,
+        allowed_error=error,
         kind="dssim",
         prior=prior,
     )
-    assert result.quality == 71 and result.encodes == 1
+    assert fresh.exhaustive(target, error, 30, 95) == 70
+    assert (result.quality, result.encodes, result.within) == (70, 1, True)
 
 
 def test_final_encode_for_slow_encoders():
@@ -298,28 +306,38 @@ def test_history_is_bounded_and_thread_safe():
         t.join()
     assert len(history) <= 4
     key = next(iter(history._entries))
-    assert len(history._entries[key]) <= 3
+    assert len(history._entries[key].lines) <= 3
     assert history.first_guess(key, 0.02, 30, 95) is not None
     assert GuessHistory.key("jpeg", 720, 720, "dssim") == GuessHistory.key(
         "jpeg", 720, 480, "dssim"
     )
 
 
+@pytest.mark.parametrize("sampled", [False, True])
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
-def test_real_encodes_meet_a_dssim_target(fmt):
-    pixels = np.ascontiguousarray(skdata.astronaut()[::2, ::2])
+def test_real_encodes_meet_a_dssim_target(fmt, sampled):
+    pixels = np.ascontiguousarray(skdata.astronaut()[:, :, :3])
+    if not sampled:
+        pixels = np.ascontiguousarray(pixels[::2, ::2])  # 256 px: too small to sample
     image = from_array(pixels)
     reference = DssimReference(image)
-    save = {
-        "jpeg": lambda q: image.jpegsave_buffer(Q=q, keep="none"),
-        "webp": lambda q: image.webpsave_buffer(Q=q, keep="none"),
-    }[fmt]
+    savers = {
+        "jpeg": lambda img, q: img.jpegsave_buffer(Q=q, keep="none"),
+        "webp": lambda img, q: img.webpsave_buffer(Q=q, keep="none"),
+    }
+
+    def save(q):
+        return savers[fmt](image, q)
+
     calls = []
 
     def encode(q):
         calls.append(q)
         return save(q)
 
+    estimator = sample.estimator(image, "dssim", savers[fmt])
+    assert (estimator is not None) == sampled
+    options = dict(estimate=estimator, estimate_cost=estimator.cost) if sampled else {}
     target, error = 0.015, 0.001
     result = search_quality(
         encode,
@@ -329,8 +347,11 @@ def test_real_encodes_meet_a_dssim_target(fmt):
         high=95,
         allowed_error=error,
         kind="dssim",
+        **options,
     )
-    assert result.encodes == len(calls) <= 6
+    assert result.encodes == len(calls) <= (2 if sampled else 6)
+    if sampled:
+        assert 1 <= len(result.estimates) == estimator.calls <= MAX_ESTIMATES
     # Measured again here, from the returned bytes.
     assert reference.dssim_of(result.data) == pytest.approx(result.achieved)
     assert result.target_met and result.achieved <= target + error
@@ -355,3 +376,126 @@ def test_real_encodes_fit_a_size():
     above = image.jpegsave_buffer(Q=result.quality + 1, keep="none")
     assert result.within or len(above) > target
     assert result.encodes <= 6
+
+
+# --- the cheap estimate ----------------------------------------------------------------------
+
+
+class Estimate:
+    """A cheap estimate of a Curve: its value times a bias shared by every image and an error
+    of this image's own; counts its calls."""
+
+    def __init__(self, curve: Curve, bias: float, error: float):
+        self.curve, self.bias, self.error = curve, bias, error
+        self.calls = 0
+
+    def __call__(self, q: int) -> float:
+        self.calls += 1
+        return self.curve.value(q) * self.bias * self.error
+
+
+@pytest.mark.parametrize("kind", ["dssim", "size"])
+def test_an_estimate_cuts_the_encodes_and_its_bias_is_learned(kind):
+    target, error = (0.012, 0.001) if kind == "dssim" else (40_000, 0.05)
+    options = dict(kind=kind, target=target, low=30, high=95, allowed_error=error)
+    rng = random.Random(5)
+    key = ("jpeg", 19, kind)
+    sampled, plain = GuessHistory(), GuessHistory()
+    encodes, costs, baseline = [], [], []
+    for curve in typical_curves(kind, n=150, seed=11):
+        estimate = Estimate(curve, 1.25, math.exp(rng.gauss(0, 0.04)))
+        result = sampled.search(
+            key, curve.encode, measure, estimate=estimate, estimate_cost=0.15, **options
+        )
+        # Honest counts: every encode, every estimate and its cost.
+        assert result.encodes == curve.calls
+        assert len(result.estimates) == estimate.calls <= MAX_ESTIMATES
+        assert result.estimate_cost == pytest.approx(0.15 * estimate.calls)
+        assert result.cost == pytest.approx(result.encodes + result.estimate_cost)
+        encodes.append(result.encodes)
+        costs.append(result.cost)
+        optimum = curve.exhaustive(target, error, 30, 95)
+        if optimum is None:
+            assert not result.target_met
+        else:
+            assert result.target_met and (result.within or result.quality == optimum)
+        baseline.append(plain.search(key, curve.encode, measure, **options).encodes)
+    # The estimate is 25 % off for every image: the history learns it (log 1/1.25).
+    assert sampled.bias(key) == pytest.approx(-math.log(1.25), abs=0.05)
+    assert statistics.mean(encodes) <= 2.0
+    assert statistics.mean(encodes) <= statistics.mean(baseline) - 0.5
+    assert statistics.mean(costs) <= 2.5
+
+
+def test_an_estimate_out_of_reach_ends_at_the_range_end():
+    # Even q95 misses the DSSIM target: the estimate says so, one encode confirms it.
+    curve = Curve("dssim", 0.2, -0.01)
+    estimate = Estimate(curve, 1.0, 1.0)
+    result = search_quality(
+        curve.encode,
+        measure,
+        target=0.001,
+        low=30,
+        high=95,
+        allowed_error=0.0001,
+        kind="dssim",
+        estimate=estimate,
+        estimate_cost=0.1,
+    )
+    assert (result.quality, result.target_met, result.limited) == (95, False, "high")
+    assert result.encodes == 1 and estimate.calls <= 3
+
+
+def test_the_search_on_the_estimate_settles_within_its_tolerance():
+    curve = Curve("size", 30_000, 0.03)
+    calls = []
+
+    def estimate(q):
+        calls.append(q)
+        return curve.value(q)
+
+    search_quality(
+        curve.encode,
+        len,
+        target=curve.value(60) * 1.05,  # the aim, 2.5 % under the target, is near q60
+        low=30,
+        high=95,
+        allowed_error=0.05,
+        kind="size",
+        first_guess=59,  # 5 % under the aim: outside the band, within ESTIMATE_TOLERANCE
+        estimate=estimate,
+    )
+    assert calls == [59]
+
+
+def test_bracketed_interpolation_moves_the_end_that_stays_put():
+    # JPEG DSSIM of a photo, q82-q90 (bench corpus, coffee): at q90 libvips stops subsampling
+    # chroma and DSSIM drops by a third. After two misses below, plain regula falsi would
+    # creep up one quality at a time (87, 88); halving q90's distance to the aim goes to 88.
+    goal = search_module._Goal("dssim", 0.012, 30, 95, 0.001)
+    values = {90: 0.682 * 0.012, 82: 1.337 * 0.012, 86: 1.158 * 0.012}
+    assert search_module._next_quality(goal, values, None) == 88
+    # Misses on both sides in turn: plain regula falsi.
+    values = {82: 1.337 * 0.012, 90: 0.682 * 0.012}
+    assert search_module._next_quality(goal, values, None) == 86
+
+
+def test_a_noise_floor_curve_is_not_followed_upwards():
+    # A flat picture (found on a held-out wallpaper): DSSIM ~1e-6 at every quality, rising a
+    # little with it, the estimate too. Such a "curve" points the wrong way; the answer is
+    # the range's floor, found in one encode instead of walking down from the top.
+    def noise(q: int) -> float:
+        return 1e-6 * (1 + q / 100)
+
+    result = search_quality(
+        lambda q: bytes(q),
+        lambda data: noise(len(data)),
+        target=0.01,
+        low=30,
+        high=95,
+        allowed_error=0.001,
+        estimate=lambda q: 5 * noise(q),
+        estimate_cost=0.1,
+    )
+    assert result.quality == 30 and result.target_met
+    assert result.encodes == 1

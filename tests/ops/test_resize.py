@@ -391,6 +391,32 @@ def test_fill_crop_object_gravity_centres_on_the_detection(make_ctx):
     assert origin_of(out) == (130, 0)
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ResizeOptions(type="fill", width=60, height=100, gravity=ObjectGravity(None)),
+        ResizeOptions(type="fill", width=50, height=50, dpr=2, gravity=ObjectGravity(None)),
+        ResizeOptions(type="fill_down", width=300, height=50, gravity=ObjectGravity(None)),
+        ResizeOptions(type="auto", width=30, height=90, min_width=40, gravity=ObjectGravity(None)),
+    ],
+)
+def test_prepare_then_run_is_run(make_ctx, opts):
+    # The engine runs ``prepare`` while detections are awaited, then ``run`` once they are
+    # known: the same pixels, placement and mapping as ``run`` alone.
+    face = DetectedObject("face", 0.9, Box(150, 40, 20, 20))
+    alone_ctx = make_ctx(200, 100, objects=[face])
+    alone = resize.run(coords_image(200, 100), opts, alone_ctx)
+    split_ctx = make_ctx(200, 100)
+    prepared = resize.prepare(coords_image(200, 100), opts, split_ctx)
+    assert split_ctx.in_memory and prepared.width <= 200
+    split_ctx.objects = [face]
+    split = resize.run(prepared, opts, split_ctx)
+    assert (split.width, split.height) == (alone.width, alone.height)
+    assert np.array_equal(to_array(split), to_array(alone))
+    assert split_ctx.transform == alone_ctx.transform
+    assert split_ctx.prepared is None
+
+
 def test_absolute_gravity_offsets_are_dpr_scaled(make_ctx):
     # dpr multiplies "absolute gravity offsets" (proto): a 10 px offset at dpr 2 is 20 px.
     out = resize.run(

@@ -178,3 +178,31 @@ async def test_object_gravity_still_falls_back_to_smart(dead_triton_stub):
     [degradation] = response.degradations
     assert (degradation.reason, degradation.operation) == ("DETECTION_UNAVAILABLE", "resize")
     assert "smart crop" in degradation.message
+
+
+async def test_ml_autoquality_searches_by_dssim_and_says_why(dead_triton_stub, dead_triton_server):
+    # The ML method promises a quality, not a model: with Triton down the RPC succeeds, the
+    # quality searched by DSSIM, the degradation in the response and in the metric.
+    before = await idle_scrape(dead_triton_server.metrics_port)
+    aq = pb.Autoquality(
+        method=pb.AUTOQUALITY_METHOD_ML, target=0.012, min_quality=30, max_quality=95
+    )
+    response = await dead_triton_stub.ProcessImage(
+        pb.ProcessImageRequest(
+            source=pb.ImageSource(data=scenes.astronaut().jpegsave_buffer(Q=95)),
+            pipelines=[pb.Pipeline(operations=[pb.Operation(resize=pb.Resize(width=300))])],
+            output=pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, autoquality=aq),
+        ),
+        timeout=30,
+    )
+    report = response.encoding
+    assert report.method == pb.AUTOQUALITY_METHOD_DSSIM and report.model_version == ""
+    assert report.target_met and report.achieved_dssim <= 0.012 + 0.001
+    [degradation] = response.degradations
+    assert degradation.reason == "AUTOQUALITY_ML_UNAVAILABLE"
+    assert "TRITON_" in degradation.message
+    assert decode(response.data).width == 300
+    after = scrape(dead_triton_server.metrics_port)
+    name = "imagesvc_degradations_total"
+    labels = dict(reason="AUTOQUALITY_ML_UNAVAILABLE", op="")
+    assert value(after, name, **labels) - value(before, name, **labels) == 1

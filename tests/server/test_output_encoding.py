@@ -4,6 +4,8 @@ DSSIM is recomputed here with scikit-image from the README's formula."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import numpy as np
 import pytest
@@ -12,10 +14,13 @@ from skimage import data as skdata
 from skimage.metrics import structural_similarity
 
 from imagesvc.v1 import image_service_pb2 as pb
+from inference.client import default_model_repository
 from tests.rpc_helpers import rich_status
 from tests.server import scenes
+from tests.server.test_health_and_metrics import idle_scrape, scrape, value
 
 pytestmark = [pytest.mark.triton]  # the session's server is wired to the local Triton
+CURVE = json.loads((default_model_repository() / "autoquality" / "curve.json").read_text())
 
 
 def photo_source() -> bytes:
@@ -86,13 +91,72 @@ async def test_size_method_fits_the_byte_target(stub):
     assert 10 <= response.encoding.quality <= 95
 
 
-async def test_ml_method_falls_back_to_dssim_with_a_degradation(stub):
-    aq = pb.Autoquality(method=pb.AUTOQUALITY_METHOD_ML, target=0.015)
+async def test_ml_method_predicts_through_triton_and_checks_by_dssim(stub, service):
+    before = await idle_scrape(service.metrics_port)
+    source = photo_source()
+    lossless = await process(stub, source, pb.OutputOptions(format=pb.IMAGE_FORMAT_PNG))
+    reference = pyvips.Image.new_from_buffer(lossless.data, "").numpy()
+    aq = pb.Autoquality(
+        method=pb.AUTOQUALITY_METHOD_ML,
+        target=0.012,
+        min_quality=30,
+        max_quality=95,
+        allowed_error=0.002,
+    )
+    response = await process(
+        stub, source, pb.OutputOptions(format=pb.IMAGE_FORMAT_WEBP, autoquality=aq)
+    )
+    report = response.encoding
+    assert list(response.degradations) == []
+    assert report.method == pb.AUTOQUALITY_METHOD_ML
+    assert report.model_version == CURVE["version"]
+    assert 30 <= report.predicted_quality <= 95 and 30 <= report.quality <= 95
+    assert report.target_met and report.encodes <= 6
+    decoded = pyvips.Image.new_from_buffer(response.data, "").numpy()
+    ours = readme_dssim(reference, decoded)
+    assert ours == pytest.approx(report.achieved_dssim, abs=1e-3)
+    assert ours <= 0.012 + 0.002 + 1e-3
+    # The metric: one observation of (final - predicted) for this format and model version.
+    after = scrape(service.metrics_port)
+    name = "imagesvc_autoquality_prediction_error_quality_count"
+    labels = dict(format="webp", model_version=CURVE["version"])
+    assert value(after, name, **labels) - value(before, name, **labels) == 1
+    name = "imagesvc_inference_request_duration_seconds_count"
+    assert value(after, name, model="autoquality") > value(before, name, model="autoquality")
+
+
+async def test_ml_with_allowed_error_one_trusts_the_model(stub):
+    aq = pb.Autoquality(
+        method=pb.AUTOQUALITY_METHOD_ML,
+        target=0.012,
+        min_quality=30,
+        max_quality=95,
+        allowed_error=1.0,
+    )
     response = await process(
         stub, photo_source(), pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, autoquality=aq)
     )
-    assert response.encoding.method == pb.AUTOQUALITY_METHOD_DSSIM
-    assert "AUTOQUALITY_ML_UNAVAILABLE" in {d.reason for d in response.degradations}
+    report = response.encoding
+    assert report.method == pb.AUTOQUALITY_METHOD_ML and report.encodes == 1
+    assert report.quality == report.predicted_quality and report.achieved_dssim == 0
+    assert pyvips.Image.new_from_buffer(response.data, "").width == 360
+
+
+async def test_best_format_with_ml_reports_each_candidates_prediction(stub):
+    aq = pb.Autoquality(
+        method=pb.AUTOQUALITY_METHOD_ML, target=0.012, min_quality=30, max_quality=95
+    )
+    response = await process(
+        stub, photo_source(), pb.OutputOptions(format=pb.IMAGE_FORMAT_BEST, autoquality=aq)
+    )
+    report = response.encoding
+    assert report.method == pb.AUTOQUALITY_METHOD_ML
+    assert {c.format for c in report.candidates} == {
+        pb.IMAGE_FORMAT_JPEG,
+        pb.IMAGE_FORMAT_WEBP,
+        pb.IMAGE_FORMAT_AVIF,
+    }
+    assert all(30 <= c.predicted_quality <= 95 for c in report.candidates)
 
 
 async def test_max_bytes_lowers_the_quality_until_the_file_fits(stub):

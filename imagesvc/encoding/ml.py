@@ -1,0 +1,124 @@
+"""The ML autoquality method's side of the encoder (README "Autoquality by ML").
+
+The encoder asks a ``QualityPredictor`` once per result image for the predicted quality ->
+DSSIM curve of every format it may encode (best format: all candidates in one call), then
+inverts the curve for the request's aim and checks the guess with one encode and one DSSIM
+measure; a miss is corrected along the same curve, shifted through what was measured (the
+search's first step with a prior: ``search.search_quality``), not searched from scratch.
+
+A predictor that cannot answer raises ``PredictionUnavailable``; the encoder then searches by
+DSSIM and reports the reason as a degradation. ``TritonQualityPredictor`` is the service's:
+features computed here, on the worker thread (``inference.autoquality.features``, a few ms at
+720 px), one Triton call made on the event loop (``inference.autoquality_client``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyvips
+
+from imagesvc.encoding.search import QualityCurve
+
+# Degradation reasons (the response's ``degradations`` and the degradation metric).
+AUTOQUALITY_ML_UNAVAILABLE = "AUTOQUALITY_ML_UNAVAILABLE"
+
+
+class PredictionUnavailable(Exception):
+    """The predictor has no answer for this image: ``reason`` names why (Triton's reason, e.g.
+    TRITON_CIRCUIT_OPEN, or AUTOQUALITY_NO_MODEL for a format without a model)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class QualityPrediction:
+    """Predicted DSSIM against quality per format, from one model (``version``)."""
+
+    version: str
+    curves: Mapping[str, QualityCurve]
+
+    def curve(self, fmt: str) -> QualityCurve:
+        """The format's curve; ``PredictionUnavailable`` when the model has none."""
+        try:
+            return self.curves[fmt]
+        except KeyError:
+            raise PredictionUnavailable(
+                "AUTOQUALITY_NO_MODEL",
+                f"the quality model {self.version} has no curve for {fmt}",
+            ) from None
+
+    def quality_for(self, fmt: str, target: float, low: int, high: int) -> int:
+        """The lowest integer quality in [low, high] whose predicted DSSIM <= ``target``."""
+        found = self.curve(fmt).quality_for(target)
+        if found is None:
+            found = float(high)
+        return int(min(max(round(found), low), high))
+
+
+class QualityPredictor(Protocol):
+    def predict(self, image: pyvips.Image, formats: Sequence[str]) -> QualityPrediction:
+        """Curves for ``formats`` of ``image`` (8-bit sRGB/grey, at output size, alpha allowed:
+        what the encoder encodes), or ``PredictionUnavailable``. Called from a worker thread."""
+        ...
+
+
+class _Client(Protocol):
+    """What ``TritonQualityPredictor`` needs of ``inference.autoquality_client.QualityPredictor``."""
+
+    timeout_s: float
+
+    def predict_blocking(self, loop: asyncio.AbstractEventLoop, features, timeout_s: float): ...
+
+
+class TritonQualityPredictor:
+    """A ``QualityPredictor`` for one request: features on the calling (worker) thread, the
+    Triton call on ``loop`` through the client (its circuit breaker, its timeout), bounded by
+    the time the request has left (``deadline``, ``time.monotonic()``). ``on_prediction``
+    (metrics) hears (version, seconds) of each answered call."""
+
+    def __init__(
+        self,
+        client: _Client,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        *,
+        features: Callable[[pyvips.Image], object] | None = None,
+        on_prediction: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._client = client
+        self._loop = loop
+        self._deadline = deadline
+        self._features = features
+        self._on_prediction = on_prediction
+
+    def predict(self, image: pyvips.Image, formats: Sequence[str]) -> QualityPrediction:
+        from inference import autoquality
+        from inference.errors import InferenceError, InferenceUnavailable
+
+        features = (self._features or autoquality.features)(image)
+        timeout = min(self._client.timeout_s, self._deadline - time.monotonic())
+        if timeout <= 0:
+            raise PredictionUnavailable("TRITON_TIMEOUT", "no time left to ask the quality model")
+        started = time.perf_counter()
+        try:
+            prediction = self._client.predict_blocking(self._loop, features, timeout)
+        except (InferenceUnavailable, InferenceError) as error:
+            reason = getattr(error, "reason", "TRITON_UNAVAILABLE")
+            raise PredictionUnavailable(
+                reason, f"the quality model did not answer: {error}"
+            ) from error
+        if self._on_prediction is not None:
+            self._on_prediction(prediction.version, time.perf_counter() - started)
+        curves = {}
+        for fmt in formats:
+            if fmt in prediction.curves:
+                curves[fmt] = QualityCurve.from_points(prediction.points(fmt))
+        return QualityPrediction(prediction.version, curves)

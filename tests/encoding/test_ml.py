@@ -1,0 +1,242 @@
+"""The ML autoquality method in the encoder (imagesvc.encoding.ml, encoder.autoquality_ml):
+predictors are fakes here whose curves come from real encodes of the test image (an exact
+curve, one shifted in DSSIM, none); the Triton client is tested in tests/inference/."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pyvips
+import pytest
+
+from imagesvc.encoding import encoder as encoder_module
+from imagesvc.encoding.dssim import DssimReference
+from imagesvc.encoding.encoder import AUTOQUALITY_ML_UNAVAILABLE, encode_output
+from imagesvc.encoding.ml import (
+    PredictionUnavailable,
+    QualityPrediction,
+    TritonQualityPredictor,
+)
+from imagesvc.encoding.savers import SaveParams, prepare, save
+from imagesvc.encoding.search import QualityCurve
+from imagesvc.encoding.spec import EncodingSpec
+from imagesvc.options import OutputSpec
+from imagesvc.settings import Settings
+from imagesvc.v1 import image_service_pb2 as pb
+from tests.images import decode, from_array, textured
+
+GRID = tuple(range(20, 96))  # every quality: an exact curve
+TARGET = 0.012
+
+
+def photo(width: int = 256, height: int = 192) -> pyvips.Image:
+    return from_array(textured(width, height))
+
+
+def measured_curve(image: pyvips.Image, fmt: str, factor: float = 1.0) -> QualityCurve:
+    """The image's real DSSIM at GRID qualities (times ``factor``: a biased model)."""
+    prepared, keep = prepare(image, fmt, False, True)
+    prepared = prepared.copy_memory()
+    reference = DssimReference(prepared)
+    effort = {"webp": 4, "avif": 0}.get(fmt)
+    points = []
+    for q in GRID:
+        data = save(prepared, SaveParams(fmt, q, effort=effort), keep)
+        points.append((q, reference.dssim_of(data) * factor))
+    return QualityCurve.from_points(points)
+
+
+class FakePredictor:
+    def __init__(self, curves=None, error: PredictionUnavailable | None = None):
+        self.curves = curves or {}
+        self.error = error
+        self.calls: list[tuple[str, ...]] = []
+
+    def predict(self, image, formats):
+        self.calls.append(tuple(formats))
+        if self.error is not None:
+            raise self.error
+        return QualityPrediction("test-1", {f: c for f, c in self.curves.items() if f in formats})
+
+
+def output(fmt: str, allowed_error: float = 0.001, **aq) -> OutputSpec:
+    base = EncodingSpec.from_settings(Settings())
+    spec = replace(
+        base,
+        autoquality=replace(
+            base.autoquality,
+            method="ml",
+            target=TARGET,
+            allowed_error=allowed_error,
+            ranges=tuple((f, 20, 95) for f in ("jpeg", "webp", "avif")),
+            **aq,
+        ),
+    )
+    return OutputSpec(fmt, None, encoding=spec)
+
+
+def encode(image, out, predictor):
+    return encode_output(image, out, "png", None, Settings(), predictor=predictor)
+
+
+def dssim_of(image: pyvips.Image, data: bytes) -> float:
+    return DssimReference(image.copy_memory()).dssim_of(data)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_an_exact_curve_takes_one_encode(fmt):
+    image = photo()
+    predictor = FakePredictor({fmt: measured_curve(image, fmt)})
+    result = encode(image, output(fmt, allowed_error=0.002), predictor)
+    report = result.report
+    assert report.method == "ml" and result.degradations == []
+    assert report.model_version == "test-1"
+    assert report.encodes == 1 and report.quality == report.predicted_quality
+    assert abs(report.achieved_dssim - TARGET) <= 0.002
+    assert report.achieved_dssim == pytest.approx(dssim_of(image, result.data), rel=1e-6)
+
+
+def test_a_biased_curve_is_corrected_along_itself():
+    image = photo()
+    # The model says every quality is twice as good as it is: its guess is too low.
+    predictor = FakePredictor({"jpeg": measured_curve(image, "jpeg", factor=0.5)})
+    result = encode(image, output("jpeg"), predictor)
+    report = result.report
+    assert report.method == "ml" and report.target_met
+    assert report.quality > report.predicted_quality  # corrected upwards
+    assert report.encodes <= 3  # shifted through the measure, not searched from scratch
+    assert dssim_of(image, result.data) <= TARGET + 0.001
+
+
+def test_allowed_error_one_trusts_the_model(monkeypatch):
+    image = photo()
+    measured = []
+    real = DssimReference.dssim_of
+    monkeypatch.setattr(
+        DssimReference, "dssim_of", lambda self, data: measured.append(1) or real(self, data)
+    )
+    curve = measured_curve(image, "webp")
+    measured.clear()
+    result = encode(image, output("webp", allowed_error=1.0), FakePredictor({"webp": curve}))
+    report = result.report
+    assert (report.method, report.encodes, report.achieved_dssim) == ("ml", 1, 0.0)
+    assert report.quality == report.predicted_quality == round(curve.quality_for(TARGET))
+    assert measured == []  # no DSSIM when the model is trusted
+    assert decode(result.data).width == image.width
+
+
+@pytest.mark.parametrize("allowed_error", [1.0, 0.002])
+def test_avif_encodes_only_at_the_requested_effort(monkeypatch, allowed_error):
+    # No trial at effort 0 then the answer again: with a good curve, one encode.
+    image = photo(128, 96)
+    efforts = []
+    real = encoder_module.save
+    monkeypatch.setattr(
+        encoder_module, "save", lambda i, p, k: efforts.append(p.effort) or real(i, p, k)
+    )
+    curve = measured_curve(image, "avif")
+    out = output("avif", allowed_error=allowed_error)
+    result = encode(image, out, FakePredictor({"avif": curve}))
+    requested = EncodingSpec.from_settings(Settings()).avif.effort
+    assert efforts and set(efforts) == {requested}
+    assert result.report.encodes == len(efforts)
+    if allowed_error == 1.0:
+        assert result.report.encodes == 1
+
+
+def test_predictor_unavailable_searches_by_dssim_and_says_why():
+    image = photo()
+    predictor = FakePredictor(error=PredictionUnavailable("TRITON_CIRCUIT_OPEN", "down"))
+    result = encode(image, output("jpeg"), predictor)
+    assert result.report.method == "dssim" and result.report.model_version == ""
+    assert [reason for reason, _ in result.degradations] == [AUTOQUALITY_ML_UNAVAILABLE]
+    assert "TRITON_CIRCUIT_OPEN" in result.degradations[0][1]
+    assert result.report.target_met
+
+
+def test_a_format_without_a_model_searches_by_dssim():
+    image = photo()
+    predictor = FakePredictor({"jpeg": measured_curve(image, "jpeg")})
+    result = encode(image, output("webp"), predictor)
+    assert result.report.method == "dssim"
+    assert [reason for reason, _ in result.degradations] == [AUTOQUALITY_ML_UNAVAILABLE]
+    assert "AUTOQUALITY_NO_MODEL" in result.degradations[0][1]
+
+
+def test_best_format_asks_once_for_every_candidate():
+    image = photo(128, 96)
+    curves = {f: measured_curve(image, f) for f in ("jpeg", "webp", "avif")}
+    predictor = FakePredictor(curves)
+    result = encode(image, OutputSpec("best", None, encoding=output("jpeg").encoding), predictor)
+    assert len(predictor.calls) == 1
+    assert set(predictor.calls[0]) == {"jpeg", "webp", "avif"}
+    report = result.report
+    assert report.method == "ml" and report.model_version == "test-1"
+    lossy = [c for c in report.candidates if not c.lossless]
+    assert lossy and all(c.predicted_quality > 0 for c in lossy)
+    proto = report.to_proto()
+    assert proto.model_version == "test-1" and proto.predicted_quality == report.predicted_quality
+    assert proto.method == pb.AUTOQUALITY_METHOD_ML
+
+
+# --- the service's predictor over a client (the Triton client itself: tests/inference) ---
+
+
+class FakeClient:
+    timeout_s = 0.5
+
+    def __init__(self, error=None):
+        self.error = error
+        self.timeouts = []
+
+    def predict_blocking(self, loop, features, timeout_s):
+        self.timeouts.append(timeout_s)
+        if self.error is not None:
+            raise self.error
+        import numpy as np
+
+        grid = (30, 60, 90)
+
+        class Answer:
+            version = "v"
+
+            def points(self, fmt):
+                return [(q, float(np.exp(-3 - q / 30))) for q in grid]
+
+            curves = {"jpeg": None, "webp": None}
+
+        return Answer()
+
+
+def test_triton_predictor_bounds_the_call_by_the_deadline():
+    import time
+
+    client = FakeClient()
+    predictor = TritonQualityPredictor(
+        client, None, time.monotonic() + 0.2, features=lambda image: [0.0]
+    )
+    prediction = predictor.predict(photo(32, 32), ("jpeg", "avif"))
+    assert set(prediction.curves) == {"jpeg"} and prediction.version == "v"
+    assert 0 < client.timeouts[0] <= 0.2
+
+
+def test_triton_predictor_past_the_deadline_or_failing_is_unavailable():
+    import time
+
+    from inference.errors import InferenceUnavailable
+
+    past = TritonQualityPredictor(
+        FakeClient(), None, time.monotonic() - 1, features=lambda image: [0.0]
+    )
+    with pytest.raises(PredictionUnavailable) as caught:
+        past.predict(photo(32, 32), ("jpeg",))
+    assert caught.value.reason == "TRITON_TIMEOUT"
+    failing = TritonQualityPredictor(
+        FakeClient(InferenceUnavailable("TRITON_UNAVAILABLE", "refused")),
+        None,
+        time.monotonic() + 5,
+        features=lambda image: [0.0],
+    )
+    with pytest.raises(PredictionUnavailable) as caught:
+        failing.predict(photo(32, 32), ("jpeg",))
+    assert caught.value.reason == "TRITON_UNAVAILABLE"
