@@ -8,14 +8,17 @@ Starts the local Triton sidecar (``inference.sidecar``) unless ``--triton-url`` 
 one. For every photo of ``bench/detection_manifest.json`` it computes what the service computes:
 the detector input the engine makes from the photo's bytes (``ServiceInputs``: the engine's
 own shrink-on-load decode, ``imagesvc.engine.detector_input`` at ``max_side``, upright), BlazeFace
-short and full range on it, and the tiled passes' larger copies made the same way. The raw boxes
-of each model (score >= 0.25) are kept, so that every detector configuration below is
-post-processing of the same model outputs, merged as ``inference.client.Detector`` merges:
+short and full range on it, the face hints (full range on ``face_refine.HINT_GRID`` tiles of
+that input) and the tiled passes' larger copies made the same way. The raw boxes of each model
+(score >= 0.25) are kept, so that every detector configuration below is post-processing of the
+same model outputs, merged as ``inference.client.Detector`` merges:
 
 * ``before``: the detector before issue 8 (one score threshold 0.5, weighted NMS at IoU 0.3).
 * per-model thresholds, the group-box suppression and the tiled pass of
   ``inference/face_refine.py`` (the tiles go through the full-range model on a larger copy);
-  ``proposal`` is face_refine's constants, what the service runs.
+  ``proposal`` is face_refine's constants, what the service runs: the tiled pass when the
+  first pass found small faces only, or none and at least ``MIN_FACE_HINTS`` face hints;
+  ``proposal, rule before hints`` tiles whenever no face is large (the rule of 2026-12-01).
 * ``service``: what the service answers, DescribeImage's detections of ``face``
   (``imagesvc.engine.Engine.describe`` with the real client: ``Detector.detect``, the rule,
   ``Detector.detect_tiles`` on the engine's 2048 px copy).
@@ -268,6 +271,8 @@ class Raw:
     first: dict[str, Outputs]
     # tiled input side -> ((width, height) of the tiled input, [(tile, Outputs)])
     tiles: dict[int, tuple[tuple[int, int], list]] = field(default_factory=dict)
+    # The face hints' model outputs: [(tile of the first pass's input, Outputs)]
+    hints: list = field(default_factory=list)
     rgb: np.ndarray | None = None
     photo: str = ""  # its id
 
@@ -368,6 +373,9 @@ def run_models(
     long_side = max(image_w, image_h)
     if long_side < face_refine.TILING_MIN_SOURCE_RATIO * max_side:
         return raw
+    for tile in face_refine.plan_tiles(raw.input_w, raw.input_h, face_refine.HINT_GRID):
+        crop = rgb[tile.top : tile.bottom, tile.left : tile.right]
+        raw.hints.append((tile, models.run(FULL, crop)))
     for side in TILED_SIDES:
         big = inputs.make(data, face_refine.tiled_input_side(long_side, side))
         height, width = big.shape[:2]
@@ -395,7 +403,11 @@ class Config:
     group_suppression: bool = False
     tiled_side: int | None = None  # None: no tiled pass
     tile_threshold: float = 0.5
-    tiling_rule: str = "rule"  # "rule" (face_refine.needs_tiled_pass) or "always"
+    # "rule" (face_refine.needs_tiled_pass with the face hints), "no hints" (the rule before
+    # them: tile whenever no face is large) or "always"
+    tiling_rule: str = "rule"
+    hint_threshold: float = face_refine.HINT_SCORE_THRESHOLD
+    min_hints: int = face_refine.MIN_FACE_HINTS
 
     def detect(
         self, models: Models, raw: Raw, nms: float = 0.3
@@ -418,8 +430,12 @@ class Config:
         tiled = False
         if self.tiled_side is not None and self.tiled_side in raw.tiles:
             heights = [d.height for d in detections]
+            sides = max(raw.width, raw.height), max(raw.input_w, raw.input_h)
+            hints = None
+            if self.tiling_rule == "rule" and face_refine.needs_face_hints(*sides, heights):
+                hints = len(face_hints(models, raw, self.hint_threshold, nms))
             if self.tiling_rule == "always" or face_refine.needs_tiled_pass(
-                max(raw.width, raw.height), max(raw.input_w, raw.input_h), heights
+                *sides, heights, face_hints=hints, min_hints=self.min_hints
             ):
                 tiled = True
                 (tw, th), tiles = raw.tiles[self.tiled_side]
@@ -446,6 +462,30 @@ class Config:
         boxes, scores = _xyxy(detections)
         sx, sy = raw.width / raw.input_w, raw.height / raw.input_h
         return xyxy_to_boxes(boxes, scores, sx, sy), tiled
+
+
+def face_hints(models: Models, raw: Raw, threshold: float, nms: float = 0.3) -> list:
+    """``Detector.face_hints`` step for step: the full-range boxes (own NMS) of each hint tile
+    of the first pass's input, those cut by an inner tile edge dropped, merged across tiles,
+    clipped; in the first pass's input pixels."""
+    from inference.client import merge_detections
+    from inference.detection import Detection
+
+    lists = []
+    for tile, outputs in raw.hints:
+        found = models.decode(FULL, threshold, outputs)
+        boxes, scores = face_refine.drop_tile_edge_boxes(
+            *_xyxy(found), tile, raw.input_w, raw.input_h
+        )
+        boxes = face_refine.tile_to_image(boxes, tile, 1.0, 1.0)
+        lists.append(
+            [
+                Detection("face", float(s), x0, y0, x1 - x0, y1 - y0, model="hints")
+                for (x0, y0, x1, y1), s in zip(boxes, scores, strict=True)
+                if x1 > x0 and y1 > y0
+            ]
+        )
+    return _clipped(merge_detections(lists, nms), raw.input_w, raw.input_h)
 
 
 def _clipped(detections, width: int, height: int) -> list:
@@ -980,16 +1020,20 @@ def proposed_configs() -> list[Config]:
                 out.append(Config(name, 0.6, 0.5, group, side, tile_t))
     t = face_refine.MODEL_SCORE_THRESHOLDS
     assert TILED_GRIDS[face_refine.TILED_INPUT_SIDE] == face_refine.TILE_GRID
-    out.append(
-        Config(
-            "proposal",
-            t[SHORT],
-            t[FULL],
-            group_suppression=True,
-            tiled_side=face_refine.TILED_INPUT_SIDE,
-            tile_threshold=face_refine.TILE_SCORE_THRESHOLD,
-        )
+    proposal = Config(
+        "proposal",
+        t[SHORT],
+        t[FULL],
+        group_suppression=True,
+        tiled_side=face_refine.TILED_INPUT_SIDE,
+        tile_threshold=face_refine.TILE_SCORE_THRESHOLD,
     )
+    out.append(replace(proposal, name="proposal, always tiles", tiling_rule="always"))
+    out.append(replace(proposal, name="proposal, rule before hints", tiling_rule="no hints"))
+    for hint_t, min_hints in ((0.4, 3), (0.4, 5), (0.5, 1), (0.5, 2), (0.5, 5), (0.6, 1), (0.6, 2)):
+        name = f"proposal, hints >= {min_hints} at {hint_t}"
+        out.append(replace(proposal, name=name, hint_threshold=hint_t, min_hints=min_hints))
+    out.append(proposal)
     return out
 
 

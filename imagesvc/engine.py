@@ -75,7 +75,11 @@ class Detector(Protocol):
     # detector with ``can_tile`` true and
     #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s) -> list[Detection]
     # returning ``first`` (in ``first_size`` pixels) with the faces found on tiles of
-    # ``rgb_large`` merged in. Detectors without it get one pass.
+    # ``rgb_large`` merged in. Detectors without it get one pass. Optional beside it,
+    #   async def face_hints(rgb, *, timeout_s) -> list[Detection]
+    # (inference.client.Detector.face_hints): face-like boxes a cheap probe of the first
+    # input finds, only counted, that decide the pass when the first found no face; without
+    # it the pass runs on the size rule alone (face_refine.needs_tiled_pass).
 
 
 def can_tile(detector: Detector | None) -> bool:
@@ -849,18 +853,27 @@ class Engine:
     ) -> tuple[DetectedObject, ...]:
         """Detections in ``rgb`` (the detector's input), refined by the tiled pass when the
         rule asks for it, in oriented source pixels, cached under ``key``; none when detection
-        is unavailable (``ctx.detection_failure`` says why, and nothing is cached). When only
-        the tiled pass fails, the first pass's detections are returned, not cached."""
+        is unavailable (``ctx.detection_failure`` says why, and nothing is cached). When the
+        first pass found no face, the rule counts the detector's face hints on ``rgb``
+        (``face_hints``, when it has them: `inference.client.Detector.face_hints`). When only
+        the hints or the tiled pass fail, the first pass's detections are returned, not
+        cached."""
         detections = await self._call_detector(rgb, classes, ctx)
         if detections is None:
             return ()
         complete = True
         plan = self.tiled_input_plan(header, classes)
-        if plan is not None and face_refine.needs_tiled_pass(
-            max(header.oriented_size),
-            max(rgb.shape[:2]),
-            [d.height for d in detections if d.class_name == "face"],
-        ):
+        sides = max(header.oriented_size), max(rgb.shape[:2])
+        heights = [d.height for d in detections if d.class_name == "face"]
+        hints: int | None = None
+        hinter = getattr(self.detector, "face_hints", None)
+        if plan is not None and callable(hinter) and face_refine.needs_face_hints(*sides, heights):
+            try:
+                hints = len(await hinter(rgb, timeout_s=max(ctx.remaining(), 0.0)))
+            except InferenceError as error:
+                log.info("face_hints_unavailable", reason=error.reason, error=str(error))
+                plan, complete = None, False
+        if plan is not None and face_refine.needs_tiled_pass(*sides, heights, face_hints=hints):
             refined = await self._tiled_pass(rgb, detections, header, data, plan, ctx)
             complete = refined is not None
             detections = detections if refined is None else refined

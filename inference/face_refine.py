@@ -2,8 +2,9 @@
 
 Measured by ``bench/detection.py`` (figures and the command in bench/README.md, "Detection").
 Wired: `inference.client.Detector` runs the per-model thresholds and the group-box suppression
-in ``detect`` and the tiles in ``detect_tiles``; `imagesvc.engine` applies the rule
-(`needs_tiled_pass`) and makes the tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
+in ``detect``, the tiles in ``detect_tiles`` and the face hints in ``face_hints``;
+`imagesvc.engine` applies the rule (`needs_face_hints`, `needs_tiled_pass`) and makes the
+tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
 ``xmin, ymin, xmax, ymax`` float arrays in one image's pixels, scores ``(N,)``, as in
 `inference.blazeface`.
 
@@ -12,7 +13,8 @@ in ``detect`` and the tiles in ``detect_tiles``; `imagesvc.engine` applies the r
 2. **A tiled pass** (`plan_tiles`, `needs_tiled_pass`, `drop_tile_edge_boxes`, `tile_to_image`):
    when the rule says the faces may be too small for the 192 px full-range input, the image
    is downscaled to a larger detector input (`TILED_INPUT_SIDE`), cut into overlapping
-   square-ish tiles (`TILE_GRID`), and each tile goes through the full-range model alone.
+   square-ish tiles (`TILE_GRID`), and each tile goes through the full-range model on its own
+   (the client stacks them into batched requests when the model allows).
    Boxes touching a tile's inner edge are dropped (the overlapping neighbour sees that face
    whole), the rest are mapped back and merged with the first pass in one weighted NMS, each
    tile's boxes as a list of their own: `inference.client.merge_detections` merges only
@@ -20,6 +22,15 @@ in ``detect`` and the tiles in ``detect_tiles``; `imagesvc.engine` applies the r
 3. **A merge that does not fuse neighbours** (`suppress_group_boxes`): after weighted NMS, a
    box that wholly contains two or more better-scored kept boxes is the model's low-resolution
    view of a group of faces, not a face: it is dropped.
+4. **Face hints** (`needs_face_hints`, `HINT_GRID`, `HINT_SCORE_THRESHOLD`, `MIN_FACE_HINTS`):
+   when the first pass found no face at all on a source large enough to tile, the full-range
+   model looks at `HINT_GRID` tiles of the first pass's own input (no new decode); its boxes
+   there are hints, never detections, and the tiled pass runs only when there are at least
+   `MIN_FACE_HINTS` of them. A crowd whose faces are too small for the first pass (the 1927
+   Solvay photo: 14 px at 512, none found) gives 10; textures, landscapes and the other
+   face-free photos of the labelled set give at most 2 (bench/README.md, "Detection"). Weak
+   first-pass candidates were measured first and do not tell them apart: the crowd's best
+   full-range score is 0.05, below many textures'.
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ TILED_INPUT_SIDE = 2048
 TILE_GRID = (4, 3)
 TILE_OVERLAP = 0.25
 # The most tiles plan_tiles makes to keep tiles roughly square (a 2048x2 strip would otherwise
-# get thousands, each a Triton request and a 192x192x3 float32 tensor); the service's plan
+# get thousands, each a 192x192x3 float32 tensor in a Triton request); the service's plan
 # counts on this many (imagesvc.planning.plan.TILED_PASS_TILES).
 MAX_TILES = 16
 # Minimum score of a tile's full-range box.
@@ -53,6 +64,12 @@ TILE_SCORE_THRESHOLD = 0.6
 # is at least LARGE_FACE_PX tall at the first pass's input.
 TILING_MIN_SOURCE_RATIO = 1.5
 LARGE_FACE_PX = 40.0
+# Face hints: the full-range model on these tiles (columns, rows for a landscape image) of the
+# first pass's input, at this score; the tiled pass needs at least MIN_FACE_HINTS of its boxes
+# when the first pass found no face (measured: bench/README.md, "Detection").
+HINT_GRID = (2, 2)
+HINT_SCORE_THRESHOLD = 0.5
+MIN_FACE_HINTS = 3
 # suppress_group_boxes: share of a kept box's area inside the candidate for it to count as
 # contained, and how many contained boxes make the candidate a group box.
 GROUP_CONTAINMENT = 0.8
@@ -141,8 +158,8 @@ def plan_tiles(
     more than 1.5 times longer than the other side's gets more tiles (so tiles stay roughly
     square, as the square model input wants), as long as there are at most ``max_tiles``
     (or the grid's own count, if more); past that the other side gets fewer tiles, down to
-    one, and the tiles stay long (a panorama, a strip: each tile is one Triton request and one
-    input tensor). ``overlap`` in [0, 0.5).
+    one, and the tiles stay long (a panorama, a strip: each tile is one input tensor of a
+    Triton request). ``overlap`` in [0, 0.5).
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"empty image {width}x{height}")
@@ -165,16 +182,37 @@ def needs_tiled_pass(
     first_input_long_side: int,
     face_heights: Sequence[float],
     *,
+    face_hints: int | None = None,
     min_source_ratio: float = TILING_MIN_SOURCE_RATIO,
     large_face_px: float = LARGE_FACE_PX,
+    min_hints: int = MIN_FACE_HINTS,
 ) -> bool:
     """The measured rule: tile when the source has the pixels for it (at least
-    ``min_source_ratio`` times the first pass's input) and the first pass found no face at
-    least ``large_face_px`` tall at its input (none, or only small ones: the sign of a
-    frame where faces are small)."""
+    ``min_source_ratio`` times the first pass's input), the first pass found no face at least
+    ``large_face_px`` tall at its input, and either it found some (all small: the sign of a
+    frame where faces are small) or it found none and there are at least ``min_hints`` face
+    hints (``face_hints``, the count of `needs_face_hints`' boxes). ``face_hints`` None (no
+    hints were looked for: a detector without them) tiles whenever no face is large, the rule
+    before hints."""
     if source_long_side < min_source_ratio * first_input_long_side:
         return False
-    return not any(h >= large_face_px for h in face_heights)
+    if any(h >= large_face_px for h in face_heights):
+        return False
+    if face_heights or face_hints is None:
+        return True
+    return face_hints >= min_hints
+
+
+def needs_face_hints(
+    source_long_side: int,
+    first_input_long_side: int,
+    face_heights: Sequence[float],
+    *,
+    min_source_ratio: float = TILING_MIN_SOURCE_RATIO,
+) -> bool:
+    """Whether `needs_tiled_pass` turns on the face hints: the source is large enough to tile
+    and the first pass found no face (a large face says no, a small one yes, without them)."""
+    return not face_heights and source_long_side >= min_source_ratio * first_input_long_side
 
 
 def tiled_input_side(source_long_side: int, side: int = TILED_INPUT_SIDE) -> int:

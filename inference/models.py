@@ -1,7 +1,8 @@
 """The contract between the detector client and one detection model served by Triton.
 
 The client (`inference.client`) holds a set of models, asks only those serving the classes a
-request needs, calls them in parallel (one Triton request each, batch of one image), and merges
+request needs, calls them in parallel (one Triton request each for an image; tiles of one
+image may go together as a batch), and merges
 their detections. A model family (BlazeFace, MediaPipe pose/palm, a YOLO brought by the user)
 implements this protocol in its own module; its pre- and post-processing maths are plain
 functions the tests import without Triton.

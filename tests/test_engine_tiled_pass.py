@@ -1,8 +1,9 @@
 """The tiled pass for small faces in the engine (`Engine._detect_objects`, `_tiled_pass`,
 `tiled_input_plan`), with a fake detector whose two passes find red blocks: the first pass
-misses blocks too small at its input, as BlazeFace misses small faces; the tiled pass finds
-every block of the larger copy it is given. The real client's tiled pass over Triton is
-tested in tests/inference/test_tiled_pass.py."""
+misses blocks too small at its input, as BlazeFace misses small faces; its face hints see
+smaller blocks of the same input, as the full-range model does on tiles of it; the tiled pass
+finds every block of the larger copy it is given. The real client's tiled pass and hints over
+Triton are tested in tests/inference/test_tiled_pass.py."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ MEDIUM = (1000, 2200, 200, 200)
 LARGE = (3000, 300, 400, 400)
 # The fake first pass's smallest block (at its input), and its other-class detection.
 MIN_FIRST_PX = 16
+# The fake face hints' smallest block (at the first pass's input): SMALL's are 8 px there.
+MIN_HINT_PX = 6
 HAND_BOX = (1.0, 1.0, 10.0, 10.0)
 
 
@@ -76,17 +79,38 @@ class TileCall:
 
 class TilingDetector:
     """inference.client.Detector's two passes, on red blocks: ``detect`` finds the blocks at
-    least MIN_FIRST_PX tall (score 0.9) and a "hand"; ``detect_tiles`` finds every block of
+    least MIN_FIRST_PX tall (score 0.9) and a "hand"; ``face_hints`` the blocks at least
+    MIN_HINT_PX tall of the same input (score 0.5); ``detect_tiles`` finds every block of
     its larger input, maps them to ``first_size`` pixels (score 0.7) and returns them with
     ``first``, a block both found once."""
 
     classes = frozenset({"face", "hand"})
 
-    def __init__(self, tiles_error: Exception | None = None, *, can_tile: bool = True) -> None:
+    def __init__(
+        self,
+        tiles_error: Exception | None = None,
+        *,
+        can_tile: bool = True,
+        hints_error: Exception | None = None,
+    ) -> None:
         self.can_tile = can_tile
         self.tiles_error = tiles_error
+        self.hints_error = hints_error
         self.first_inputs: list[tuple[int, ...]] = []
+        self.hint_calls: list[tuple[tuple[int, ...], float | None]] = []
         self.tile_calls: list[TileCall] = []
+
+    async def face_hints(self, rgb, *, timeout_s=None) -> list[Detection]:
+        assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        self.hint_calls.append((rgb.shape, timeout_s))
+        await asyncio.sleep(0)
+        if self.hints_error is not None:
+            raise self.hints_error
+        return [
+            Detection("face", 0.5, *block, model="hints")
+            for block in red_blocks(rgb)
+            if block[3] >= MIN_HINT_PX
+        ]
 
     async def detect(self, rgb, *, classes=None, timeout_s=None) -> list[Detection]:
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
@@ -147,6 +171,18 @@ def small_faces_turned() -> bytes:
 @pytest.fixture(scope="module")
 def large_face() -> bytes:
     return jpeg(scene(*SMALL, LARGE), Q=90)
+
+
+@pytest.fixture(scope="module")
+def crowd() -> bytes:
+    """Only the small blocks: the first pass finds no face, the hints find MIN_FACE_HINTS."""
+    assert len(SMALL) == face_refine.MIN_FACE_HINTS
+    return jpeg(scene(*SMALL), Q=90)
+
+
+@pytest.fixture(scope="module")
+def face_free() -> bytes:
+    return jpeg(scene(), Q=90)
 
 
 @pytest.fixture
@@ -234,6 +270,8 @@ async def test_small_faces_come_from_the_tiled_pass_in_oriented_source_pixels(
     described = await describe(engine, data)
 
     assert detector.first_inputs == [planned_input_shape(orientation, 512)]
+    # The first pass found a face, a small one: the rule needs no hints to tile.
+    assert detector.hint_calls == []
     [call] = detector.tile_calls
     # The tiled input is made at the planned side, turned upright like the first one.
     assert call.shape == planned_input_shape(orientation, 2048)
@@ -285,7 +323,91 @@ async def test_a_small_face_found_by_the_first_pass_still_runs_it_when_face_is_a
     assert sorted(o.class_name for o in described.objects) == ["face"] * 4
 
 
+async def test_no_face_found_but_enough_face_hints_runs_it(make_engine, crowd):
+    # A crowd too small for the first pass: its hints, on the first pass's own input, say tile.
+    detector, metrics = TilingDetector(), CacheMetrics()
+    engine = make_engine(detector, metrics)
+    described = await describe(engine, crowd)
+    first_input = planned_input_shape(1, 512)
+    assert detector.first_inputs == [first_input]
+    [(hint_input, hint_timeout)] = detector.hint_calls
+    assert hint_input == first_input
+    assert hint_timeout is not None and 0 < hint_timeout <= 30.0
+    [call] = detector.tile_calls
+    assert call.shape == planned_input_shape(1, 2048)
+    assert [d.class_name for d in call.first] == ["hand"]
+    # The faces are the tiled pass's; the hints never come out as detections.
+    assert sorted(o.model for o in described.objects if o.class_name == "face") == ["tiles"] * 3
+    for block in SMALL:
+        assert_found(described.objects, oriented(block, 1), tolerance=8)
+    assert described.degradations == ()
+    await describe(engine, crowd)
+    assert metrics.lookups == [False, True]
+
+
 # --- ... and only then -------------------------------------------------------------------------
+
+
+async def test_no_tiled_pass_on_a_face_free_photo(make_engine, face_free):
+    # The photo the tiled pass used to cost most on: large, no face, no hint.
+    detector, metrics = TilingDetector(), CacheMetrics()
+    engine = make_engine(detector, metrics)
+    assert engine.tiled_input_plan(open_header(face_free, engine.settings), None) is not None
+    described = await describe(engine, face_free)
+    assert len(detector.hint_calls) == 1 and detector.tile_calls == []
+    assert [o.class_name for o in described.objects] == ["hand"]
+    assert described.degradations == ()
+    # A complete answer: cached, and the next request asks neither the hints nor the tiles.
+    processed = await process(engine, face_free, object_gravity_fill())
+    assert metrics.lookups == [False, True]
+    assert len(detector.hint_calls) == 1 and detector.tile_calls == []
+    assert processed.degradations == ()
+
+
+async def test_fewer_face_hints_than_the_rule_wants_skip_it(make_engine):
+    # Two small faces the first pass misses: too few hints (the price of not tiling textures).
+    assert face_refine.MIN_FACE_HINTS > 2
+    data = jpeg(scene(*SMALL[:2]), Q=90)
+    detector = TilingDetector()
+    described = await describe(make_engine(detector), data)
+    assert len(detector.hint_calls) == 1 and detector.tile_calls == []
+    assert face_boxes(described.objects) == []
+
+
+class NoHints(TilingDetector):
+    """A detector with the tiled pass but without face hints (written before them)."""
+
+    face_hints = None
+
+
+async def test_a_detector_without_face_hints_tiles_whenever_no_face_is_large(
+    make_engine, face_free
+):
+    detector = NoHints()
+    described = await describe(make_engine(detector), face_free)
+    assert len(detector.tile_calls) == 1
+    assert [o.class_name for o in described.objects] == ["hand"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InferenceUnavailable("TRITON_UNAVAILABLE", "triton went away"),
+        InferenceError("TRITON_BAD_RESPONSE", "output tensor is empty"),
+    ],
+    ids=["unavailable", "broken"],
+)
+async def test_failed_face_hints_keep_the_first_pass_undegraded_and_uncached(
+    make_engine, crowd, error
+):
+    detector, metrics = TilingDetector(hints_error=error), CacheMetrics()
+    engine = make_engine(detector, metrics)
+    for _ in range(2):
+        described = await describe(engine, crowd)
+        assert described.degradations == ()
+        assert [o.model for o in described.objects] == ["palm"]
+    assert metrics.lookups == [False, False]
+    assert len(detector.hint_calls) == 2 and detector.tile_calls == []
 
 
 async def test_no_tiled_pass_when_the_first_pass_found_a_large_face(make_engine, large_face):
@@ -294,7 +416,7 @@ async def test_no_tiled_pass_when_the_first_pass_found_a_large_face(make_engine,
     # The source allows it: only the first pass's answer decides.
     assert engine.tiled_input_plan(open_header(large_face, engine.settings), None) is not None
     described = await describe(engine, large_face)
-    assert detector.tile_calls == []
+    assert detector.tile_calls == [] and detector.hint_calls == []
     [found] = face_boxes(described.objects)  # the small faces stay missed
     assert_found(described.objects, Box(*map(float, LARGE)), tolerance=20)
     assert found.height > face_refine.LARGE_FACE_PX * SCENE[0] / 512
@@ -315,6 +437,7 @@ async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case)
     assert engine.tiled_input_plan(open_header(data, engine.settings), classes) is None
     described = await describe(engine, data, classes=classes)
     assert len(detector.first_inputs) == 1 and detector.tile_calls == []
+    assert detector.hint_calls == []
     expected_faces = 1 if case in ("setting off", "detector cannot tile") else 0
     assert len(face_boxes(described.objects)) == expected_faces  # only MEDIUM, first pass
     assert described.degradations == ()

@@ -142,7 +142,7 @@ def test_contract_check_accepts_the_model_repository_contract():
     model = _face_model("blazeface_full_range")
     metadata, config = _contract(FULL_RANGE)
     assert contract_problems(model, metadata, config) == []
-    config["max_batch_size"] = 1  # any batch limit: the client sends one image per call
+    config["max_batch_size"] = 1  # any batch limit: at 1 the client sends one tile per call
     assert contract_problems(model, metadata, config) == []
 
 

@@ -98,14 +98,54 @@ def test_plan_refuses_bad_overlap(overlap):
 
 
 def test_tiled_pass_rule():
-    # A large source where the first pass found nothing, or only small faces: tile.
-    assert needs_tiled_pass(3000, 512, [])
+    hints = face_refine.MIN_FACE_HINTS
+    # A large source where the first pass found only small faces: tile, hints or not.
     assert needs_tiled_pass(3000, 512, [14.0, 22.5])
+    assert needs_tiled_pass(3000, 512, [14.0, 22.5], face_hints=0)
     # One face large enough at the detector input: the frame is not a crowd shot.
     assert not needs_tiled_pass(3000, 512, [14.0, 40.0])
+    assert not needs_tiled_pass(3000, 512, [14.0, 40.0], face_hints=hints + 10)
+    # No face found: the hints decide. A crowd too small for the first pass gives many...
+    assert needs_tiled_pass(3000, 512, [], face_hints=hints)
+    assert needs_tiled_pass(3000, 512, [], face_hints=hints + 7)
+    # ... a face-free photo (a texture, a landscape, a product) few or none: no tiles.
+    assert not needs_tiled_pass(3000, 512, [], face_hints=0)
+    assert not needs_tiled_pass(3000, 512, [], face_hints=hints - 1)
+    assert not needs_tiled_pass(3000, 512, [], face_hints=1, min_hints=2)
+    # No hints looked for (a detector without them): the rule before hints, tile.
+    assert needs_tiled_pass(3000, 512, [])
     # The source has no pixels beyond the first pass's input: tiles would only upscale.
     assert not needs_tiled_pass(700, 512, [])
+    assert not needs_tiled_pass(700, 512, [], face_hints=hints + 10)
+    assert not needs_tiled_pass(700, 512, [14.0])
     assert needs_tiled_pass(768, 512, [])  # exactly 1.5 x
+    assert needs_tiled_pass(768, 512, [], face_hints=hints)
+
+
+def test_face_hints_are_looked_for_only_when_they_decide():
+    # No face found on a source large enough to tile: the hints decide.
+    assert face_refine.needs_face_hints(3000, 512, [])
+    assert face_refine.needs_face_hints(768, 512, [])
+    # A face found decides without them (large: no tiles; small: tiles) ...
+    assert not face_refine.needs_face_hints(3000, 512, [14.0])
+    assert not face_refine.needs_face_hints(3000, 512, [120.0])
+    # ... and so does a source too small to tile.
+    assert not face_refine.needs_face_hints(700, 512, [])
+
+
+def test_the_measured_hint_constants():
+    # bench/README.md "Detection": the full-range model on 2x2 tiles of the 512 px input, boxes
+    # at its own threshold; Solvay gives 10, any face-free photo of the set at most 2.
+    assert face_refine.HINT_GRID == (2, 2)
+    assert (
+        face_refine.HINT_SCORE_THRESHOLD
+        == face_refine.MODEL_SCORE_THRESHOLDS["blazeface_full_range"]
+    )
+    assert face_refine.MIN_FACE_HINTS == 3
+    # Four tiles of a 512x370 input, each about 293x212: the model sees it at 0.66, not 0.375.
+    tiles = plan_tiles(512, 370, face_refine.HINT_GRID)
+    assert len(tiles) == 4
+    assert {(t.width, t.height) for t in tiles} == {(293, 212)}
 
 
 def test_tiled_input_never_exceeds_the_source():

@@ -1,7 +1,9 @@
-"""`Detector.detect_tiles`, the tiled pass for small faces: argument checks (unit), and over
-the real local Triton a crowd of small faces that the first pass misses and the tiles find,
-each once, where it is. The engine's side (the rule, the inputs, failures):
-tests/test_engine_tiled_pass.py; the tiling maths: test_face_refine.py."""
+"""`Detector.detect_tiles`, the tiled pass for small faces, and `Detector.face_hints`, what
+turns it on when the first pass finds no face: argument checks (unit), and over the real local
+Triton a crowd of small faces that the first pass misses, its hints ask for the tiles and the
+tiles find, each once, where it is, while a face-free texture gives too few hints. The
+engine's side (the rule, the inputs, failures): tests/test_engine_tiled_pass.py; the tiling
+maths and the rule: test_face_refine.py."""
 
 from __future__ import annotations
 
@@ -146,6 +148,25 @@ async def test_bad_input_is_a_value_error(rgb, first_size):
         await detector.close()
 
 
+@pytest.mark.parametrize(
+    "rgb",
+    [
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64, 3), np.float32),
+        np.zeros((64, 64, 4), np.uint8),
+        np.zeros((0, 64, 3), np.uint8),
+    ],
+    ids=["grey", "float", "rgba", "empty"],
+)
+async def test_bad_input_to_face_hints_is_a_value_error(rgb):
+    detector = FaceDetector("127.0.0.1:1")
+    try:
+        with pytest.raises(ValueError):
+            await detector.face_hints(rgb)
+    finally:
+        await detector.close()
+
+
 async def test_a_detector_without_the_full_range_model_cannot_tile():
     detector = FaceDetector("127.0.0.1:1", models=shipped_models(enabled=["blazeface_short_range"]))
     try:
@@ -154,9 +175,26 @@ async def test_a_detector_without_the_full_range_model_cannot_tile():
             await detector.detect_tiles(
                 np.zeros((64, 64, 3), np.uint8), first=[], first_size=(32, 32)
             )
+        with pytest.raises(ValueError, match=TILE_MODEL):
+            await detector.face_hints(np.zeros((64, 64, 3), np.uint8))
     finally:
         await detector.close()
     assert FaceDetector("127.0.0.1:1").can_tile
+
+
+async def test_face_hints_run_the_full_range_model_at_the_measured_threshold():
+    detector = FaceDetector("127.0.0.1:1")
+    moved = FaceDetector("127.0.0.1:1", score_threshold=0.6)
+    try:
+        assert detector._hint_model.name == TILE_MODEL
+        assert detector._hint_model.score_threshold == face_refine.HINT_SCORE_THRESHOLD
+        assert detector._tile_model.score_threshold == face_refine.TILE_SCORE_THRESHOLD
+        # The service's threshold moves both with it, as it moves the full-range model's.
+        assert moved._hint_model.score_threshold == pytest.approx(0.6)
+        assert moved._tile_model.score_threshold == pytest.approx(0.7)
+    finally:
+        await detector.close()
+        await moved.close()
 
 
 async def test_unreachable_triton_is_unavailable_and_opens_the_breaker():
@@ -168,6 +206,10 @@ async def test_unreachable_triton_is_unavailable_and_opens_the_breaker():
         assert caught.value.reason == "TRITON_UNAVAILABLE"
         with pytest.raises(InferenceUnavailable) as caught:
             await detector.detect_tiles(image, first=[], first_size=(400, 300))
+        assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
+        # The hints go through the same breaker.
+        with pytest.raises(InferenceUnavailable) as caught:
+            await detector.face_hints(image)
         assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
     finally:
         await detector.close()
@@ -196,10 +238,22 @@ async def test_the_tiles_find_the_small_faces_the_first_pass_misses(detector, po
 
     first = await detector.detect(first_input, classes=FACE)
     first_hits, _ = matches(in_source(first, first_input, canvas), faces)
-    # The service's rule would run the tiled pass here.
-    assert face_refine.needs_tiled_pass(
-        max(canvas.shape[:2]), max(first_input.shape[:2]), [d.height for d in first]
+    # The hints, on the first pass's own input, see the crowd: many boxes, in its pixels...
+    hints = await detector.face_hints(first_input)
+    assert len(hints) >= face_refine.MIN_FACE_HINTS
+    assert all(d.class_name == "face" and d.model == TILE_MODEL for d in hints)
+    assert all(d.confidence >= face_refine.HINT_SCORE_THRESHOLD for d in hints)
+    assert all(
+        0 <= d.left and d.right <= first_input.shape[1] and d.bottom <= first_input.shape[0]
+        for d in hints
     )
+    hint_hits, _ = matches(in_source(hints, first_input, canvas), faces, threshold=0.3)
+    assert len(hint_hits) >= face_refine.MIN_FACE_HINTS
+    # ... and the service's rule runs the tiled pass here, whether the first pass found a few
+    # faces (all small) or none.
+    heights = [d.height for d in first]
+    sides = max(canvas.shape[:2]), max(first_input.shape[:2])
+    assert face_refine.needs_tiled_pass(*sides, heights, face_hints=len(hints))
     size = (first_input.shape[1], first_input.shape[0])
     both = await detector.detect_tiles(big, first=first, first_size=size)
 
@@ -215,6 +269,26 @@ async def test_the_tiles_find_the_small_faces_the_first_pass_misses(detector, po
     # ... each once: no face comes out twice from two overlapping tiles, and nothing else.
     assert unmatched == [], [in_source([both[i]], first_input, canvas) for i in unmatched]
     assert all(d.model == TILE_MODEL for i, d in enumerate(both) if i in hits.values())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("texture", ["brick", "grass", "grey"])
+async def test_a_face_free_photo_gives_too_few_hints_to_tile(detector, texture):
+    # A large face-free picture (3000x2000 here): the first pass finds no face, the hints
+    # too few, so the service skips the 2048 px copy and its 12 tiles.
+    if texture == "grey":
+        canvas = np.full((2000, 3000, 3), 118, np.uint8)
+    else:
+        tile = getattr(skimage.data, texture)()
+        canvas = np.tile(np.stack([tile] * 3, axis=-1), (4, 6, 1))[:2000, :3000]
+    first_input, _ = inputs(np.ascontiguousarray(canvas))
+    first = await detector.detect(first_input, classes=FACE)
+    assert first == []
+    hints = await detector.face_hints(first_input)
+    assert len(hints) < face_refine.MIN_FACE_HINTS
+    sides = max(canvas.shape[:2]), max(first_input.shape[:2])
+    assert face_refine.needs_face_hints(*sides, [])
+    assert not face_refine.needs_tiled_pass(*sides, [], face_hints=len(hints))
 
 
 @pytest.mark.triton
