@@ -103,7 +103,12 @@ class TritonQualityPredictor:
         from inference import autoquality
         from inference.errors import InferenceError, InferenceUnavailable
 
-        features = (self._features or autoquality.features)(image)
+        try:
+            features = (self._features or autoquality.features)(image)
+        except ValueError as error:  # e.g. under 16x16 px: nothing for the model to read
+            raise PredictionUnavailable(
+                "AUTOQUALITY_IMAGE_UNSUPPORTED", f"the quality model cannot read it: {error}"
+            ) from error
         timeout = min(self._client.timeout_s, self._deadline - time.monotonic())
         if timeout <= 0:
             raise PredictionUnavailable("TRITON_TIMEOUT", "no time left to ask the quality model")

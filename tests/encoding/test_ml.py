@@ -240,3 +240,20 @@ def test_triton_predictor_past_the_deadline_or_failing_is_unavailable():
     with pytest.raises(PredictionUnavailable) as caught:
         failing.predict(photo(32, 32), ("jpeg",))
     assert caught.value.reason == "TRITON_UNAVAILABLE"
+
+
+def test_an_image_too_small_for_the_features_is_searched_by_dssim():
+    import time
+
+    class NeverCalled:
+        timeout_s = 0.5
+
+        def predict_blocking(self, loop, features, timeout_s):
+            raise AssertionError("no features, no call")
+
+    predictor = TritonQualityPredictor(NeverCalled(), None, time.monotonic() + 5)
+    result = encode(photo(12, 10), output("jpeg"), predictor)
+    assert result.report.method == "dssim"
+    assert [reason for reason, _ in result.degradations] == [AUTOQUALITY_ML_UNAVAILABLE]
+    assert "AUTOQUALITY_IMAGE_UNSUPPORTED" in result.degradations[0][1]
+    assert decode(result.data).width == 12
