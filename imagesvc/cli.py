@@ -2,7 +2,8 @@
 
 The pipeline file is a ProcessImageRequest in proto-JSON, the same file grpcurl takes
 (``grpcurl -plaintext -d @ 127.0.0.1:50051 imagesvc.v1.ImageService/ProcessImage < FILE``);
-the CLI fills ``source`` from the input file. ``--target`` and ``--timeout`` go before or after
+the CLI fills ``source`` from the input file, or with the input as ``source.url`` when it is an
+http(s) URL. ``--target`` and ``--timeout`` go before or after
 the command.
 
 Every failure is one line on stderr (plus one line per field violation of a rejected request)
@@ -79,6 +80,13 @@ def _read(path: str, what: str, *, text: bool = False) -> bytes | str:
         raise UsageError(f"cannot read {what} {path}: {_reason(error)}") from None
 
 
+def _source(input_: str) -> pb.ImageSource:
+    """An http(s) URL becomes a url source, fetched by the service; anything else is a file."""
+    if input_.startswith(("http://", "https://")):
+        return pb.ImageSource(url=input_)
+    return pb.ImageSource(data=_read(input_, "input image"))
+
+
 def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error)
 
@@ -138,7 +146,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     request = pb.ProcessImageRequest()
     if args.pipeline:
         _parse_pipeline(args.pipeline, request)
-    request.source.data = _read(args.input, "input image")
+    request.source.CopyFrom(_source(args.input))
     if args.format:
         request.output.format = ENUM_BY_FORMAT[args.format]
     stub = pb_grpc.ImageServiceStub(_channel(args.target))
@@ -146,7 +154,8 @@ def cmd_process(args: argparse.Namespace) -> int:
         response = stub.ProcessImage(request, timeout=args.timeout)
     except grpc.RpcError as error:
         return _report(error, args.target)
-    output = Path(args.output or f"{Path(args.input).stem}.out.{_format_name(response.format)}")
+    stem = Path(args.input.split("?", 1)[0]).stem or "source"
+    output = Path(args.output or f"{stem}.out.{_format_name(response.format)}")
     try:
         output.write_bytes(response.data)
     except OSError as error:
@@ -167,9 +176,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    request = pb.DescribeImageRequest(
-        source=pb.ImageSource(data=_read(args.input, "input image")), detect=args.detect
-    )
+    request = pb.DescribeImageRequest(source=_source(args.input), detect=args.detect)
     stub = pb_grpc.ImageServiceStub(_channel(args.target))
     try:
         response = stub.DescribeImage(request, timeout=args.timeout)
@@ -245,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     process = command("process", "run pipelines on an image")
-    process.add_argument("input", help="source image file")
+    process.add_argument("input", help="source image file, or an http(s) URL the service fetches")
     process.add_argument(
         "-o",
         "--output",
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     process.set_defaults(func=cmd_process)
 
     describe = command("describe", "describe an image")
-    describe.add_argument("input", help="image file")
+    describe.add_argument("input", help="image file, or an http(s) URL the service fetches")
     describe.add_argument("--detect", action="store_true", help="also run object detection")
     describe.set_defaults(func=cmd_describe)
 

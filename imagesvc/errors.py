@@ -150,3 +150,38 @@ class ProcessingFailed(ImageSvcError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "PROCESSING_FAILED"
+
+
+# --- url sources (imagesvc.sources) ---------------------------------------------------------
+
+
+class SourceNotFound(ImageSvcError):
+    """The origin answered 404 or 410 for the url source."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "SOURCE_NOT_FOUND"
+
+
+class SourceForbidden(ImageSvcError):
+    """The url source may not be fetched: it (or a redirect) is outside IMAGESVC_ALLOWED_SOURCES,
+    resolves to an address the SSRF guard refuses (the message never names the address), or the
+    origin answered 401 or 403."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "SOURCE_FORBIDDEN"
+
+
+class SourceUnreachable(ImageSvcError):
+    """The url source could not be fetched: connection or DNS failure, timeout, a 5xx or other
+    unusable answer, a truncated body, too many redirects. ErrorInfo metadata ``cause`` says
+    which; a RetryInfo comes with the transient ones."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SOURCE_UNREACHABLE"
+
+
+class SourceTooLarge(ImageSvcError):
+    """The url source's body is larger than IMAGESVC_MAX_SOURCE_BYTES (declared or streamed)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "SOURCE_TOO_LARGE"

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from imagesvc.encoding.spec import EncodingSpec, parse_encoding
 from imagesvc.errors import FieldViolation, InvalidRequest
 from imagesvc.settings import Settings
+from imagesvc.sources.url import UrlProblem, normalize_url
 from imagesvc.v1 import image_service_pb2 as pb
 
 if TYPE_CHECKING:
@@ -296,8 +297,17 @@ SourceBytes = bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
+class SourceUrl:
+    """A url source, validated (imagesvc.sources.url.normalize_url); the edge fetches it and
+    hands the engine its bytes."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessRequest:
-    data: SourceBytes
+    # A SourceUrl only between parsing and the edge's fetch; the engine always gets bytes.
+    data: SourceBytes | SourceUrl
     pipelines: tuple[tuple[PlannedOp, ...], ...]
     output: OutputSpec
 
@@ -322,9 +332,15 @@ class ProcessRequest:
 
 def parse_source(
     msg: pb.ImageSource, path: str, pctx: ParseContext, lifted: SourceBytes | None = None
-) -> SourceBytes:
+) -> SourceBytes | SourceUrl:
     """The source bytes: ``lifted`` when the edge took them out of the request without a copy
-    (``msg`` is then unset), else the message's own field."""
+    (``msg`` is then unset), else the message's own field; or the validated url source."""
+    if lifted is None and msg.WhichOneof("kind") == "url":
+        try:
+            return SourceUrl(str(normalize_url(msg.url)))
+        except UrlProblem as problem:
+            pctx.violations.add(f"{path}.url", str(problem))
+            return SourceUrl("")
     if lifted is not None:
         data = lifted
     else:

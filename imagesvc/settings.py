@@ -87,6 +87,39 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC request/response message."
     )
+    # --- url sources (README "Sources"; imagesvc/sources) ---
+    allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="URL prefixes a url source must start with, comma-separated (each with a "
+        "path, e.g. https://images.example.com/); empty: any http or https URL.",
+    )
+    allow_loopback_source_addresses: bool = Field(
+        False,
+        description="Let url sources connect to loopback addresses (127/8, ::1, 0.0.0.0, ::).",
+    )
+    allow_private_source_addresses: bool = Field(
+        False,
+        description="Let url sources connect to private addresses (10/8, 172.16/12, "
+        "192.168/16, 100.64/10, fc00::/7).",
+    )
+    allow_link_local_source_addresses: bool = Field(
+        False,
+        description="Let url sources connect to link-local addresses (169.254/16, the cloud "
+        "metadata address included, fe80::/10).",
+    )
+    max_redirects: int = Field(5, ge=0, description="Most redirects a url source may follow.")
+    source_download_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Most time a url source's download may take, redirects included (the RPC "
+        "deadline, when shorter, wins).",
+    )
+    max_source_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Largest url source body, in bytes, enforced while it streams (data "
+        "sources are bounded by IMAGESVC_MAX_MESSAGE_BYTES).",
+    )
     max_src_resolution_mp: float = Field(
         50.0,
         gt=0,
@@ -325,6 +358,29 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown source formats {unknown}; known: {sorted(SOURCE_FORMAT_LOADERS)}"
             )
+        return value
+
+    @field_validator("allowed_sources", mode="before")
+    @classmethod
+    def _split_allowed_sources(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(str(v).strip() for v in value if str(v).strip())
+        return value
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _prefixes_with_path(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            scheme, sep, rest = prefix.partition("://")
+            # Without a path, https://example.com would also let in https://example.com.evil.org/
+            # and https://example.com@evil.org/.
+            if scheme.lower() not in ("http", "https") or not sep or "/" not in rest:
+                raise ValueError(
+                    f"allowed source {prefix!r} must be an http:// or https:// URL prefix with a "
+                    "path, e.g. https://images.example.com/"
+                )
         return value
 
     @field_validator("best_format_candidates", mode="before")

@@ -234,3 +234,12 @@ async def test_help_shows_the_defaults(command):
     assert "(default: None)" not in text
     if command == ["health"]:
         assert "(default: imagesvc.v1.ImageService)" in text
+
+
+def test_an_http_input_is_a_url_source(tmp_path):
+    from imagesvc import cli
+
+    assert cli._source("https://img.example.com/a.jpg").url == "https://img.example.com/a.jpg"
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"\xff\xd8")
+    assert cli._source(str(path)).data == b"\xff\xd8"

@@ -38,6 +38,7 @@ from imagesvc.server.health import HealthReporter, HealthServicer
 from imagesvc.server.interceptors import ServerInterceptor
 from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
+from imagesvc.sources.url import UrlFetcher
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 from inference.autoquality_client import QualityPredictor
@@ -59,6 +60,7 @@ class RunningServer:
     metrics_port: int | None
     metrics_server: object | None
     trimmer: memory.MemoryTrimmer
+    fetcher: UrlFetcher | None = None
 
     async def drain(self) -> None:
         """Report NOT_SERVING for every service, for good; RPCs are still served."""
@@ -69,6 +71,8 @@ class RunningServer:
         self.health.servicer.end_watches()
         await self.server.stop(grace)
         await self.trimmer.stop()
+        if self.fetcher is not None:
+            await self.fetcher.close()  # the url sources' connection pool
         await self.detector.close()
         if self.quality_model is not None:
             await self.quality_model.close()
@@ -192,7 +196,9 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             model_name=settings.autoquality_ml_model,
         )
     engine = Engine(settings, detector, metrics, quality_model)
-    ImageServiceServicer(engine, settings).register(server)
+    # One connection pool for url sources, opened on the first fetch.
+    fetcher = UrlFetcher(settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds))
+    ImageServiceServicer(engine, settings, fetcher).register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
@@ -224,6 +230,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         metrics_port,
         metrics_server,
         trimmer,
+        fetcher,
     )
 
 

@@ -7,6 +7,7 @@ INVALID_ARGUMENT; ``register`` installs the handlers that way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -17,6 +18,8 @@ from imagesvc.engine import Engine
 from imagesvc.options import (
     ENUM_BY_FORMAT,
     ParseContext,
+    SourceBytes,
+    SourceUrl,
     Violations,
     parse_classes,
     parse_process_request,
@@ -24,15 +27,20 @@ from imagesvc.options import (
 )
 from imagesvc.server.wire import decode_request
 from imagesvc.settings import Settings
+from imagesvc.sources.url import UrlFetcher
 from imagesvc.v1 import image_service_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
 
 
 class ImageServiceServicer:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, fetcher: UrlFetcher | None = None
+    ) -> None:
         self._engine = engine
         self._settings = settings
+        # url sources; the owner (server.app) closes it when the server stops.
+        self._fetcher = fetcher if fetcher is not None else UrlFetcher(settings)
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """One handler per ImageService RPC, taking its request as raw bytes."""
@@ -67,7 +75,12 @@ class ImageServiceServicer:
         options = parse_process_request(
             request, self._settings, self._engine.known_classes, source_data
         )
-        result = await self._engine.process(options, self._deadline(context))
+        deadline = self._deadline(context)
+        if isinstance(options.data, SourceUrl):
+            # Fetched only once the whole request is valid; the engine gets the bytes.
+            data = await self._fetcher.fetch(options.data.url, deadline)
+            options = dataclasses.replace(options, data=data)
+        result = await self._engine.process(options, deadline)
         return pb.ProcessImageResponse(
             data=result.data,
             format=ENUM_BY_FORMAT[result.format],
@@ -87,9 +100,9 @@ class ImageServiceServicer:
         # Checked whether or not detect is set: a misspelt class is an error either way.
         classes = parse_classes(request.classes, "classes", pctx)
         pctx.violations.raise_if_any()
-        result = await self._engine.describe(
-            data, request.detect, self._deadline(context), classes=classes
-        )
+        deadline = self._deadline(context)
+        source = await self._source_bytes(data, deadline)
+        result = await self._engine.describe(source, request.detect, deadline, classes=classes)
         return pb.DescribeImageResponse(
             format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),
             width=result.width,
@@ -101,6 +114,11 @@ class ImageServiceServicer:
             detections=[_detection(obj) for obj in result.objects],
             degradations=[_degradation(item) for item in result.degradations],
         )
+
+    async def _source_bytes(self, source: SourceBytes | SourceUrl, deadline: float) -> SourceBytes:
+        if isinstance(source, SourceUrl):
+            return await self._fetcher.fetch(source.url, deadline)
+        return source
 
 
 def _detection(obj: DetectedObject) -> pb.Detection:

@@ -1,0 +1,2 @@
+"""Where source images come from besides the request's own bytes: ``url`` sources, fetched by
+``url.UrlFetcher`` behind the SSRF guard of ``guard``."""
