@@ -48,6 +48,7 @@ from photos import build  # noqa: E402  (bench/ is sys.path[0] when run as a scr
 
 from imagesvc.encoding import sample as sampling  # noqa: E402
 from imagesvc.encoding.dssim import DssimReference  # noqa: E402
+from imagesvc.encoding.savers import quality_step  # noqa: E402
 from imagesvc.encoding.search import GuessHistory  # noqa: E402
 from imagesvc.memory import apply_policy  # noqa: E402
 
@@ -179,6 +180,7 @@ def run_one(fmt, method, image, args, history, low, high) -> dict:
         high=high,
         allowed_error=error,
         final=final_enc,
+        quality_step=quality_step(fmt),
         **options,
     )
     search_s = time.perf_counter() - start

@@ -29,6 +29,7 @@ from imagesvc.encoding.savers import (
     SaveParams,
     png_palette_size,
     prepare,
+    quality_step,
     save,
     source_palette,
 )
@@ -410,6 +411,7 @@ class _Job:
             high=high,
             allowed_error=allowed_error,
             final=final,
+            quality_step=quality_step(params.format),
         )
         # The cheap estimate: a sampled mosaic of the image, encoded with the same options
         # (imagesvc.encoding.sample). Its encodes are not counted in ``encodes`` (saves of
@@ -486,6 +488,7 @@ class _Job:
             allowed_error=aq.allowed_error,
             first_guess=guess,
             prior=curve,
+            quality_step=quality_step(fmt),
         )
         return _Outcome(
             found.data,

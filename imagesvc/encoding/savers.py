@@ -30,6 +30,8 @@ colours when they fit), so the palette never holds more than ``palette_colors`` 
 
 from __future__ import annotations
 
+import bisect
+
 import struct
 from dataclasses import dataclass
 
@@ -42,6 +44,15 @@ from imagesvc.ops.background import flatten
 WRITABLE_FORMATS = ("jpeg", "png", "webp", "avif", "gif", "tiff")
 ALPHA_FORMATS = ("png", "webp", "avif", "gif", "tiff")
 PNG_COMPRESSION = 6
+# libheif maps AVIF's quality 1..100 onto libaom's 64 quantizer steps: the qualities of one step
+# write the same file, at any effort. The first quality of each step, measured on the bundled
+# libvips (tests/encoding/test_savers.py checks it against the encoder); the quality search
+# encodes one quality per step (``quality_step``).
+AVIF_QUALITY_STEPS = (
+    1, 3, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 35, 37, 39, 40, 42, 44,
+    45, 47, 49, 50, 52, 54, 55, 56, 58, 59, 60, 62, 63, 64, 66, 67, 68, 70, 71, 72, 74, 75,
+    76, 78, 79, 80, 82, 83, 84, 86, 87, 88, 90, 91, 92, 94, 95, 96, 98, 99, 100,
+)  # fmt: skip
 PNG_BIT_DEPTHS = (1, 2, 4, 8)
 
 FormatSpec = JpegSpec | PngSpec | WebpSpec | AvifSpec
@@ -85,6 +96,18 @@ def prepare(
     else:
         keep = "all"
     return image, keep
+
+
+def quality_step(fmt: str):
+    """For a format whose qualities come in steps (AVIF): quality -> the first quality of its
+    step (qualities of one step encode to the same file); None for the others."""
+    if fmt != "avif":
+        return None
+    return _avif_step
+
+
+def _avif_step(quality: int) -> int:
+    return AVIF_QUALITY_STEPS[bisect.bisect_right(AVIF_QUALITY_STEPS, quality) - 1]
 
 
 def save(image: pyvips.Image, params: SaveParams, keep: str) -> bytes:

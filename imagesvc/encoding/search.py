@@ -362,8 +362,11 @@ def _explore(
     first_guess: int | None,
     prior: QualityCurve | None,
     max_trials: int,
+    step: Callable[[int], int] | None = None,
 ) -> dict[int, float]:
-    """The trials of one curve, {quality: value} in the order tried (module docstring)."""
+    """The trials of one curve, {quality: value} in the order tried (module docstring).
+    ``max_trials`` counts quality steps (``step``: qualities of one step cost one trial)."""
+    step = step or (lambda q: q)
     if first_guess is None and prior is not None:
         guess = prior.quality_for(goal.aim)
         first_guess = round(guess) if guess is not None and math.isfinite(guess) else None
@@ -371,7 +374,7 @@ def _explore(
     values: dict[int, float] = {}
     q = min(max(int(q), goal.low), goal.high)
     values[q] = evaluate(q)
-    while not goal.settled(values) and len(values) < max_trials:
+    while not goal.settled(values) and len({step(v) for v in values}) < max_trials:
         q = _next_quality(goal, values, prior)
         if q is None:
             break
@@ -431,6 +434,7 @@ def search_quality(
     estimate_cost: float = 0.0,
     estimate_bias: float = 0.0,
     max_estimates: int = MAX_ESTIMATES,
+    quality_step: Callable[[int], int] | None = None,
 ) -> SearchResult:
     """Find the quality in ``[low, high]`` that meets ``target`` (module docstring).
 
@@ -441,16 +445,24 @@ def search_quality(
     proxy (a sampled mosaic's encode: its DSSIM, or its bytes over the sampled share of the
     pixels), costing ``estimate_cost`` encodes a call. The same search runs on it first (at
     most ``max_estimates`` calls); the curve it traces, times ``exp(estimate_bias)``, is the
-    prior of the search on ``encode``."""
+    prior of the search on ``encode``.
+
+    ``quality_step`` (optional): quality -> the first quality of its step, for encoders whose
+    qualities come in steps that write the same file (AVIF): a quality whose step was tried
+    is known without an encode (nor an estimate)."""
     _check(kind, target, low, high, allowed_error)
     if max_encodes < 1:
         raise ValueError("max_encodes must be >= 1")
     goal = _Goal(kind, target, low, high, allowed_error)
     dssim = goal.dssim
     estimates: dict[int, float] = {}
+    if estimate is not None and quality_step is not None:
+        estimate = _per_step(estimate, quality_step)
     if estimate is not None and max_estimates > 0:
         loose = _EstimateGoal(kind, target, low, high, allowed_error)
-        estimates = _explore(lambda q: float(estimate(q)), loose, first_guess, prior, max_estimates)
+        estimates = _explore(
+            lambda q: float(estimate(q)), loose, first_guess, prior, max_estimates, quality_step
+        )
         curve = estimate_curve(list(estimates.items()), prior, kind, estimate_bias)
         if curve is not None:
             prior, first_guess = curve, None
@@ -458,14 +470,21 @@ def search_quality(
     data_by_q: dict[int, bytes] = {}
     trials: list[tuple[int, int, float]] = []
 
+    by_step: dict[int, tuple[bytes, float]] = {}
+
     def run(q: int) -> float:
-        data = encode(q)
-        value = float(len(data)) if not dssim else float(measure(data))
+        step = quality_step(q) if quality_step is not None else q
+        if step in by_step:  # the same file as a quality tried: no encode
+            data, value = by_step[step]
+        else:
+            data = encode(q)
+            value = float(len(data)) if not dssim else float(measure(data))
+            by_step[step] = (data, value)
+            trials.append((q, len(data), value))
         data_by_q[q] = data
-        trials.append((q, len(data), value))
         return value
 
-    value_by_q = _explore(run, goal, first_guess, prior, max_encodes)
+    value_by_q = _explore(run, goal, first_guess, prior, max_encodes, quality_step)
 
     # The answer: the best quality that meets the target, else the closest one.
     best, _ = goal.bracket(value_by_q)
@@ -495,7 +514,7 @@ def search_quality(
         within=goal.within(value),
         limited=limited,
         estimates=list(estimates.items()),
-        estimate_cost=len(estimates) * estimate_cost,
+        estimate_cost=len({(quality_step or int)(q) for q in estimates}) * estimate_cost,
     )
     if final is not None:
         data = final(chosen)
@@ -505,6 +524,19 @@ def search_quality(
             result.data, result.achieved, result.final = data, value, True
             result.target_met, result.within = goal.meets(value), goal.within(value)
     return result
+
+
+def _per_step(estimate: Callable[[int], float], step: Callable[[int], int]):
+    """``estimate`` called once per quality step (see ``search_quality``)."""
+    seen: dict[int, float] = {}
+
+    def per_step(q: int) -> float:
+        key = step(q)
+        if key not in seen:
+            seen[key] = estimate(q)
+        return seen[key]
+
+    return per_step
 
 
 def fit_max_bytes(

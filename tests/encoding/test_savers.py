@@ -306,3 +306,22 @@ def test_no_source_palette_for_full_colour(fmt):
         fmt, image.webpsave_buffer
     )()
     assert source_palette(header(data), fmt) is None
+
+
+@pytest.mark.parametrize("effort", [0, 2])
+def test_avif_quality_steps_are_the_encoders(effort):
+    # Qualities of one step write the same file, and the next step another: the table the
+    # quality search relies on to skip encodes, checked against the bundled encoder.
+    import hashlib
+
+    from imagesvc.encoding.savers import AVIF_QUALITY_STEPS, quality_step
+
+    image = from_array(textured(64, 48))
+    digests = {
+        q: hashlib.sha256(image.heifsave_buffer(Q=q, compression="av1", effort=effort)).digest()
+        for q in range(1, 101)
+    }
+    starts = [q for q in range(1, 101) if q == 1 or digests[q] != digests[q - 1]]
+    assert tuple(starts) == AVIF_QUALITY_STEPS
+    assert all(digests[q] == digests[quality_step("avif")(q)] for q in range(1, 101))
+    assert quality_step("jpeg") is None and quality_step("webp") is None

@@ -499,3 +499,34 @@ def test_a_noise_floor_curve_is_not_followed_upwards():
     )
     assert result.quality == 30 and result.target_met
     assert result.encodes == 1
+
+
+def test_qualities_of_one_step_are_encoded_once():
+    # An encoder whose qualities come in steps of 3 (as AVIF's, in libaom's quantizer steps):
+    # a quality whose step was tried is known without an encode.
+    def step(q: int) -> int:
+        return q - (q - 1) % 3
+
+    encoded: list[int] = []
+
+    def encode(q: int) -> bytes:
+        encoded.append(step(q))
+        return bytes(step(q))
+
+    def measure(data: bytes) -> float:
+        return 0.05 * math.exp(-0.03 * (len(data) - 30))
+
+    result = search_quality(
+        encode,
+        measure,
+        kind="dssim",
+        target=0.0121,
+        low=30,
+        high=95,
+        allowed_error=0.0001,
+        quality_step=step,
+    )
+    assert len(encoded) == len(set(encoded)) == result.encodes
+    assert result.target_met and measure(result.data) <= 0.0122
+    # The answer's step is the lowest that meets the target (the step below does not).
+    assert measure(bytes(step(step(result.quality) - 1))) > 0.0122
