@@ -60,6 +60,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             metrics.rpc_started(service, method)
             code = grpc.StatusCode.OK
+            recorded = False
+
+            def handled(status: grpc.StatusCode) -> None:
+                # Before an abort sends the status: a caller that reads the metrics right after
+                # the answer finds it counted.
+                nonlocal recorded
+                recorded = True
+                metrics.rpc_handled(service, method, status.name, time.perf_counter() - started)
+
             try:
                 return await behaviour(request, context)
             except ImageSvcError as error:
@@ -73,6 +82,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     log.info(
                         "rpc_rejected", method=method, reason=error.reason, message=error.message
                     )
+                handled(code)
                 await context.abort_with_status(to_grpc_status(error))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -89,10 +99,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.INTERNAL
                 metrics.error(ProcessingFailed.reason)
                 log.exception("rpc_failed", method=method)
+                handled(code)
                 await context.abort_with_status(
                     to_grpc_status(ProcessingFailed("internal error; the failure was logged"))
                 )
             finally:
-                metrics.rpc_handled(service, method, code.name, time.perf_counter() - started)
+                if not recorded:
+                    handled(code)
 
         return handle
