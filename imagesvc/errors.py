@@ -145,6 +145,13 @@ class DetectionUnavailable(ImageSvcError):
     reason = "DETECTION_UNAVAILABLE"
 
 
+class Expired(ImageSvcError):
+    """The request's ``expires`` time has passed; checked before the source is fetched."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "EXPIRED"
+
+
 class ProcessingFailed(ImageSvcError):
     """libvips failed on an image it had decoded; a bug or a libvips limit, not bad input."""
 

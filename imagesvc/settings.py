@@ -120,6 +120,17 @@ class Settings(BaseSettings):
         description="Largest url source body, in bytes, enforced while it streams (data "
         "sources are bounded by IMAGESVC_MAX_MESSAGE_BYTES).",
     )
+    etag_buster: str = Field(
+        "",
+        description="Mixed into every ETag: change it when a change of settings, models or "
+        "libvips changes the service's output, so that clients' copies stop validating.",
+    )
+    ttl_s: int = Field(
+        31536000,
+        ge=0,
+        description="max-age of a response's cache_control hint (capped by the request's "
+        "expires); 0: no-cache.",
+    )
     max_src_resolution_mp: float = Field(
         50.0,
         gt=0,

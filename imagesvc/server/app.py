@@ -198,7 +198,9 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
     engine = Engine(settings, detector, metrics, quality_model)
     # One connection pool for url sources, opened on the first fetch.
     fetcher = UrlFetcher(settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds))
-    ImageServiceServicer(engine, settings, fetcher).register(server)
+    ImageServiceServicer(engine, settings, fetcher, metrics=metrics, version=VERSION).register(
+        server
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (

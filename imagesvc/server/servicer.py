@@ -7,12 +7,14 @@ INVALID_ARGUMENT; ``register`` installs the handlers that way.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import time
 
 import grpc
 
+from imagesvc import caching
 from imagesvc.context import Degradation, DetectedObject
 from imagesvc.engine import Engine
 from imagesvc.options import (
@@ -28,17 +30,28 @@ from imagesvc.options import (
 from imagesvc.server.wire import decode_request
 from imagesvc.settings import Settings
 from imagesvc.sources.url import UrlFetcher
+from imagesvc.telemetry.metrics import Metrics, NullMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageService"].full_name
+# Sources larger than this are hashed off the event loop (hashlib releases the GIL).
+HASH_INLINE_BYTES = 1 << 20
 
 
 class ImageServiceServicer:
     def __init__(
-        self, engine: Engine, settings: Settings, fetcher: UrlFetcher | None = None
+        self,
+        engine: Engine,
+        settings: Settings,
+        fetcher: UrlFetcher | None = None,
+        *,
+        metrics: Metrics | None = None,
+        version: str = "",
     ) -> None:
         self._engine = engine
         self._settings = settings
+        self._metrics = metrics if metrics is not None else NullMetrics()
+        self._version = version  # in every ETag: a new release invalidates the old ones
         # url sources; the owner (server.app) closes it when the server stops.
         self._fetcher = fetcher if fetcher is not None else UrlFetcher(settings)
 
@@ -72,14 +85,29 @@ class ImageServiceServicer:
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.ProcessImageResponse:
         request, source_data = decode_request(raw, pb.ProcessImageRequest)
+        expires = request.expires if request.HasField("expires") else None
+        caching.check_expires(expires)  # before anything is parsed, fetched or decoded
         options = parse_process_request(
             request, self._settings, self._engine.known_classes, source_data
         )
         deadline = self._deadline(context)
+        canonical = caching.canonical_options(request)
+        if_none_match = request.if_none_match
         if isinstance(options.data, SourceUrl):
+            source_kind = "url"
             # Fetched only once the whole request is valid; the engine gets the bytes.
-            data = await self._fetcher.fetch(options.data.url, deadline)
-            options = dataclasses.replace(options, data=data)
+            conditional = self._conditional_headers(canonical, if_none_match)
+            fetched = await self._fetcher.fetch_source(options.data.url, deadline, conditional)
+            if fetched.not_modified:  # the origin confirmed the validator the caller's etag holds
+                return self._not_modified(if_none_match, source_kind, expires)
+            identity = caching.origin_identity(fetched.etag, fetched.last_modified, fetched.data)
+            options = dataclasses.replace(options, data=fetched.data)
+        else:
+            source_kind = "data"
+            identity = await _digest(options.data)
+        etag = self._etag(canonical, identity)
+        if if_none_match and if_none_match == etag:
+            return self._not_modified(etag, source_kind, expires)
         result = await self._engine.process(options, deadline)
         return pb.ProcessImageResponse(
             data=result.data,
@@ -89,12 +117,41 @@ class ImageServiceServicer:
             detections=[_detection(obj) for obj in result.objects],
             degradations=[_degradation(item) for item in result.degradations],
             encoding=result.encoding.to_proto() if result.encoding is not None else None,
+            # A degraded result is not the one the options ask for: nothing to revalidate.
+            etag="" if result.degradations else etag,
+            cache_control=(
+                "no-cache"
+                if result.degradations
+                else caching.cache_control(self._settings.ttl_s, expires)
+            ),
+        )
+
+    def _etag(self, canonical: bytes, identity: caching.SourceIdentity) -> str:
+        return caching.make_etag(canonical, identity, self._settings.etag_buster, self._version)
+
+    def _conditional_headers(self, canonical: bytes, if_none_match: str) -> dict[str, str] | None:
+        """The conditional request to send the origin: when the caller's etag is the one these
+        options get for the origin validator it carries, ask whether that is still current."""
+        validator = caching.origin_validator(if_none_match) if if_none_match else None
+        if validator is None or self._etag(canonical, validator) != if_none_match:
+            return None
+        if validator.kind == caching.ORIGIN_ETAG:
+            return {"If-None-Match": validator.value}
+        return {"If-Modified-Since": validator.value}
+
+    def _not_modified(self, etag: str, source_kind: str, expires) -> pb.ProcessImageResponse:
+        self._metrics.not_modified(source_kind)
+        return pb.ProcessImageResponse(
+            etag=etag,
+            not_modified=True,
+            cache_control=caching.cache_control(self._settings.ttl_s, expires),
         )
 
     async def DescribeImage(
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> pb.DescribeImageResponse:
         request, lifted = decode_request(raw, pb.DescribeImageRequest)
+        caching.check_expires(request.expires if request.HasField("expires") else None)
         pctx = ParseContext(self._settings, self._engine.known_classes, Violations())
         data = parse_source(request.source, "source", pctx, lifted)
         # Checked whether or not detect is set: a misspelt class is an error either way.
@@ -119,6 +176,12 @@ class ImageServiceServicer:
         if isinstance(source, SourceUrl):
             return await self._fetcher.fetch(source.url, deadline)
         return source
+
+
+async def _digest(data: SourceBytes) -> caching.SourceIdentity:
+    if len(data) <= HASH_INLINE_BYTES:
+        return caching.digest_identity(data)
+    return await asyncio.to_thread(caching.digest_identity, data)
 
 
 def _detection(obj: DetectedObject) -> pb.Detection:

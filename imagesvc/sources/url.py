@@ -12,6 +12,9 @@ the first fetch, closed when the server stops). Each fetch:
   stops reading as soon as the streamed body passes it (a missing or lying Content-Length does
   not help); bodies are read as sent (no transparent decompression: no gzip bombs);
 - gives up after IMAGESVC_SOURCE_DOWNLOAD_TIMEOUT_S, or at the RPC deadline when that is sooner.
+- returns the origin's validators (ETag, Last-Modified) with the body, and sends conditional
+  headers when asked (``fetch_source``), an origin's 304 then meaning "not modified"
+  (imagesvc.caching builds ETags from them).
 
 Failures become the domain errors of imagesvc.errors (SOURCE_NOT_FOUND, SOURCE_FORBIDDEN,
 SOURCE_UNREACHABLE, SOURCE_TOO_LARGE, DEADLINE_EXCEEDED); none is INTERNAL.
@@ -23,7 +26,8 @@ import asyncio
 import ipaddress
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -53,6 +57,17 @@ MAX_URL_LENGTH = 8192
 # How long a caller should wait before retrying a transient failure (RetryInfo).
 RETRY_AFTER_S = 1.0
 USER_AGENT = "imagesvc"
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedSource:
+    """A url source's body (None when the origin answered 304 to a conditional request) and the
+    origin's validators, as sent."""
+
+    data: bytes | None
+    etag: str | None
+    last_modified: str | None
+    not_modified: bool = False
 
 
 class UrlProblem(ValueError):
@@ -155,6 +170,16 @@ class UrlFetcher:
     async def fetch(self, url: str, deadline: float) -> bytes:
         """The body behind ``url`` (already validated by the edge, see normalize_url), by
         ``deadline`` (time.monotonic()) at the latest."""
+        fetched = await self.fetch_source(url, deadline)
+        assert fetched.data is not None  # unconditional: never not_modified
+        return fetched.data
+
+    async def fetch_source(
+        self, url: str, deadline: float, conditional: Mapping[str, str] | None = None
+    ) -> FetchedSource:
+        """Like fetch, with the origin's validators; ``conditional`` headers (If-None-Match or
+        If-Modified-Since) make an origin's 304 a FetchedSource with ``not_modified`` set and no
+        data."""
         started = time.monotonic()
         budget = self._settings.source_download_timeout_s
         rpc_left = deadline - started
@@ -163,7 +188,7 @@ class UrlFetcher:
             raise DeadlineExceeded("the deadline passed before the source was fetched")
         try:
             async with asyncio.timeout(min(budget, rpc_left)):
-                return await self._follow(normalize_url(url))
+                return await self._follow(normalize_url(url), dict(conditional or {}))
         except TimeoutError:
             if rpc_bound:
                 raise DeadlineExceeded("the deadline passed while the source was fetched") from None
@@ -202,13 +227,13 @@ class UrlFetcher:
             return url.with_host(str(address))
         return url
 
-    async def _follow(self, url: URL) -> bytes:
+    async def _follow(self, url: URL, conditional: dict[str, str]) -> FetchedSource:
         session = self._session_now()
         redirects = 0
         while True:
             url = self._check_target(url)
             try:
-                async with session.get(url, allow_redirects=False) as response:
+                async with session.get(url, allow_redirects=False, headers=conditional) as response:
                     if response.status in REDIRECT_STATUSES:
                         location = response.headers.get("Location")
                         if not location:
@@ -225,8 +250,12 @@ class UrlFetcher:
                             )
                         url = _redirect_target(response.url, location)
                         continue
+                    etag = response.headers.get("ETag")
+                    last_modified = response.headers.get("Last-Modified")
+                    if response.status == 304 and conditional:
+                        return FetchedSource(None, etag, last_modified, not_modified=True)
                     _check_status(response.status, response.headers.get("Retry-After"))
-                    return await self._read(response)
+                    return FetchedSource(await self._read(response), etag, last_modified)
             except AddressRefused as refused:
                 raise _forbidden(refused) from None
             except aiohttp.ClientConnectorError as error:

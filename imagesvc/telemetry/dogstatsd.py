@@ -53,6 +53,9 @@ class DogStatsdMetrics:
         result = "hit" if hit else "miss"
         self._statsd.increment(names.DD_DETECTION_CACHE_LOOKUPS, tags=[f"result:{result}"])
 
+    def not_modified(self, source: str) -> None:
+        self._statsd.increment(names.DD_NOT_MODIFIED, tags=[f"source:{source}"])
+
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         tags = [f"format:{fmt}", f"method:{method}"]
         self._statsd.distribution(names.DD_ENCODES_PER_IMAGE, encodes, tags=tags)

@@ -31,6 +31,7 @@ class Metrics(Protocol):
     def image_bytes(self, direction: str, fmt: str, size: int) -> None: ...
     def triton_ready(self, ready: bool) -> None: ...
     def detection_cache(self, hit: bool) -> None: ...
+    def not_modified(self, source: str) -> None: ...
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None: ...
     def autoquality_prediction(
         self, fmt: str, model_version: str, predicted: int, final: int
@@ -89,6 +90,12 @@ class PrometheusMetrics:
             names.DETECTION_CACHE_LOOKUPS,
             "Detection cache lookups, by result (hit: Triton was not called).",
             ("result",),
+            **kw,
+        )
+        self._not_modified = Counter(
+            names.NOT_MODIFIED,
+            "ProcessImage requests answered not_modified (if_none_match), by source kind.",
+            ("source",),
             **kw,
         )
         self._encodes = Histogram(
@@ -153,6 +160,9 @@ class PrometheusMetrics:
 
     def detection_cache(self, hit: bool) -> None:
         self._detection_cache.labels("hit" if hit else "miss").inc()
+
+    def not_modified(self, source: str) -> None:
+        self._not_modified.labels(source).inc()
 
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         self._encodes.labels(fmt, method).observe(encodes)

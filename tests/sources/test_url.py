@@ -467,3 +467,20 @@ async def test_close_then_fetch_again_opens_a_new_pool(origin, make_fetcher):
     await fetcher.close()
     assert await fetcher.fetch(origin.url("/a.jpg"), soon()) == JPEG
     assert origin.accepted == 2
+
+
+async def test_fetch_source_returns_the_validators_and_a_conditional_304(origin, make_fetcher):
+    validators = {"ETag": '"v1"', "Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    origin.routes["/a.jpg"] = static(200, JPEG, validators)
+    origin.routes["/same.jpg"] = static(304, b"", validators)
+    fetcher = make_fetcher(**LOOPBACK_OK)
+    fetched = await fetcher.fetch_source(origin.url("/a.jpg"), soon())
+    assert (fetched.data, fetched.etag, fetched.last_modified) == (JPEG, *validators.values())
+    assert not fetched.not_modified
+    conditional = {"If-None-Match": '"v1"'}
+    same = await fetcher.fetch_source(origin.url("/same.jpg"), soon(), conditional)
+    assert same.not_modified and same.data is None and same.etag == '"v1"'
+    assert origin.requests[-1].headers["if-none-match"] == '"v1"'
+    # A 304 nobody asked for is no answer.
+    with pytest.raises(SourceUnreachable):
+        await fetcher.fetch_source(origin.url("/same.jpg"), soon())
