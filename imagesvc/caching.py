@@ -71,10 +71,14 @@ def _printable(text: str) -> bool:
 
 def canonical_options(request: pb.ProcessImageRequest) -> bytes:
     """The request's processing options, serialized deterministically: the request without its
-    source and its caching fields (if_none_match, expires), unknown fields dropped. Equal
+    source, its fallback image and its caching fields (if_none_match, expires), unknown fields
+    dropped. Equal
     options give equal bytes whatever order or encoding they arrived in."""
     options = pb.ProcessImageRequest()
     options.pipelines.extend(request.pipelines)
+    # Whether the source comes back unprocessed; fallback_image is not here: a fallback
+    # response has no etag.
+    options.skip_processing_formats.extend(request.skip_processing_formats)
     if request.HasField("output"):
         options.output.CopyFrom(request.output)
     options.DiscardUnknownFields()

@@ -24,7 +24,7 @@ import numpy as np
 import pyvips
 import structlog
 
-from imagesvc import planning, vips
+from imagesvc import planning, skip, vips
 from imagesvc.context import Degradation, DetectedObject, StepContext
 from imagesvc.detection_cache import CacheKey, DetectionCache
 from imagesvc.encoding.encoder import EncodeResult, EncodingReportValues, encode_output
@@ -36,7 +36,7 @@ from imagesvc.geometry import Affine, Box
 from imagesvc.ops import auto_rotate, resize
 from imagesvc.ops.auto_rotate import orientation_transform
 from imagesvc.ops.background import flatten
-from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest, SourceBytes
+from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest, SourceBytes, SourceUrl
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import Metrics
 from inference import face_refine
@@ -499,6 +499,28 @@ class Engine:
             self.metrics.step(name, time.perf_counter() - started)
 
     # --- ProcessImage ----------------------------------------------------------------------
+
+    async def passthrough(self, request: ProcessRequest) -> ProcessResult | None:
+        """The source itself, unprocessed, when skip_processing applies to it (``imagesvc.skip``);
+        None when the request is to be processed. Only the header is read (on a worker):
+        a source that is not an image of its format, or over the limits, fails as a processed
+        request would."""
+        data = request.data
+        assert not isinstance(data, SourceUrl)  # the edge fetched it
+        if not skip.wanted(vips.sniff_format(data), request.skip_processing, request.output):
+            return None  # the common case costs a look at the leading bytes
+        async with self.admitted():
+            return await self._work(self._passthrough, request)
+
+    def _passthrough(self, request: ProcessRequest) -> ProcessResult | None:
+        data = request.data
+        header = open_header(data, self.settings)
+        if not skip.wanted(header.format, request.skip_processing, request.output):
+            return None
+        limit = self.settings.max_message_bytes - RESPONSE_HEADROOM_BYTES
+        skip.check_limits(header.size, len(data), self.settings, limit)
+        self.metrics.processing_skipped(header.format)
+        return ProcessResult(bytes(data), header.format, *header.size, (), ())
 
     async def process(self, request: ProcessRequest, ctx_deadline: float) -> ProcessResult:
         self._loop = asyncio.get_running_loop()  # the ML predictor's calls run on it

@@ -310,6 +310,10 @@ class ProcessRequest:
     data: SourceBytes | SourceUrl
     pipelines: tuple[tuple[PlannedOp, ...], ...]
     output: OutputSpec
+    # Source formats returned unprocessed (the request's list, else the setting's; imagesvc.skip).
+    skip_processing: frozenset[str] = frozenset()
+    # The request's fallback image (processed when the source fails); None: the setting's.
+    fallback: SourceBytes | SourceUrl | None = None
 
     @property
     def needs_detections(self) -> bool:
@@ -411,5 +415,23 @@ def parse_process_request(
             planned.append(PlannedOp(name, spec, options))
         pipelines.append(tuple(planned))
     output = parse_output(msg.output, pctx)
+    skip = parse_skip_processing(msg.skip_processing_formats, pctx)
+    fallback = None
+    if msg.HasField("fallback_image"):
+        fallback = parse_source(msg.fallback_image, "fallback_image", pctx)
     pctx.violations.raise_if_any()
-    return ProcessRequest(data, tuple(pipelines), output)
+    return ProcessRequest(data, tuple(pipelines), output, skip, fallback)
+
+
+def parse_skip_processing(formats, pctx: ParseContext) -> frozenset[str]:
+    """The request's skip_processing_formats; empty: IMAGESVC_SKIP_PROCESSING_FORMATS."""
+    names = set()
+    for index, value in enumerate(formats):
+        name = FORMAT_BY_ENUM.get(value)
+        if name is None:
+            pctx.violations.add(
+                f"skip_processing_formats[{index}]", "must be a source format (jpeg .. tiff)"
+            )
+        else:
+            names.add(name)
+    return frozenset(names) if formats else frozenset(pctx.settings.skip_processing_formats)

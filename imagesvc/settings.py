@@ -131,6 +131,24 @@ class Settings(BaseSettings):
         description="max-age of a response's cache_control hint (capped by the request's "
         "expires); 0: no-cache.",
     )
+    # --- skip_processing and the fallback image (README "Skip processing and fallback image") ---
+    skip_processing_formats: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Source formats returned unprocessed when the output format is the same or "
+        "unspecified, comma-separated (a request's skip_processing_formats wins).",
+    )
+    fallback_image_path: str = Field(
+        "",
+        description="Image file processed instead of a source that cannot be fetched or "
+        "decoded; read and validated at start. Empty: no fallback.",
+    )
+    fallback_image_http_code: int = Field(
+        200,
+        ge=0,
+        le=599,
+        description="fallback_status of a fallback response (100..599); 0: the HTTP "
+        "equivalent of the source's error.",
+    )
     max_src_resolution_mp: float = Field(
         50.0,
         gt=0,
@@ -369,6 +387,26 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unknown source formats {unknown}; known: {sorted(SOURCE_FORMAT_LOADERS)}"
             )
+        return value
+
+    @field_validator("skip_processing_formats", mode="before")
+    @classmethod
+    def _split_skip_formats(cls, value: object) -> object:
+        return cls._split_formats(value)
+
+    @field_validator("skip_processing_formats")
+    @classmethod
+    def _known_skip_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(FORMAT_NAMES))
+        if unknown:
+            raise ValueError(f"unknown formats {unknown}; known: {FORMAT_NAMES}")
+        return value
+
+    @field_validator("fallback_image_http_code")
+    @classmethod
+    def _http_code(cls, value: int) -> int:
+        if value != 0 and not 100 <= value <= 599:
+            raise ValueError("fallback_image_http_code must be 0 or an HTTP status, 100..599")
         return value
 
     @field_validator("allowed_sources", mode="before")

@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from imagesvc import logging as imagesvc_logging
-from imagesvc import memory, vips
+from imagesvc import fallback, memory, vips
 from imagesvc.engine import Engine
 from imagesvc.server.health import HealthReporter, HealthServicer
 from imagesvc.server.interceptors import ServerInterceptor
@@ -147,6 +147,10 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
 
     Raises StartError, with a one-line message, when a port cannot be bound."""
     vips.configure(settings)
+    try:
+        fallback_image = fallback.load_image(settings)  # before any port is bound
+    except fallback.FallbackImageError as error:
+        raise StartError(str(error)) from None
     metrics = build_metrics(settings, registry)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -198,9 +202,9 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
     engine = Engine(settings, detector, metrics, quality_model)
     # One connection pool for url sources, opened on the first fetch.
     fetcher = UrlFetcher(settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds))
-    ImageServiceServicer(engine, settings, fetcher, metrics=metrics, version=VERSION).register(
-        server
-    )
+    ImageServiceServicer(
+        engine, settings, fetcher, metrics=metrics, version=VERSION, fallback_image=fallback_image
+    ).register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (

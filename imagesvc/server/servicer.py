@@ -14,12 +14,14 @@ import time
 
 import grpc
 
-from imagesvc import caching
+from imagesvc import caching, fallback
 from imagesvc.context import Degradation, DetectedObject
-from imagesvc.engine import Engine
+from imagesvc.engine import Engine, ProcessResult
+from imagesvc.errors import ImageSvcError
 from imagesvc.options import (
     ENUM_BY_FORMAT,
     ParseContext,
+    ProcessRequest,
     SourceBytes,
     SourceUrl,
     Violations,
@@ -47,8 +49,12 @@ class ImageServiceServicer:
         *,
         metrics: Metrics | None = None,
         version: str = "",
+        fallback_image: bytes | None = None,
     ) -> None:
+        """``fallback_image``: IMAGESVC_FALLBACK_IMAGE_PATH's bytes, validated
+        (``imagesvc.fallback.load_image``); a request's own fallback_image wins."""
         self._engine = engine
+        self._fallback_image = fallback_image
         self._settings = settings
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._version = version  # in every ETag: a new release invalidates the old ones
@@ -91,6 +97,17 @@ class ImageServiceServicer:
             request, self._settings, self._engine.known_classes, source_data
         )
         deadline = self._deadline(context)
+        try:
+            return await self._process(request, options, expires, deadline)
+        except ImageSvcError as error:
+            replacement = options.fallback if options.fallback is not None else self._fallback_image
+            if replacement is None or not fallback.replaces(error):
+                raise
+            return await self._process_fallback(options, replacement, error, deadline)
+
+    async def _process(
+        self, request: pb.ProcessImageRequest, options: ProcessRequest, expires, deadline: float
+    ) -> pb.ProcessImageResponse:
         canonical = caching.canonical_options(request)
         if_none_match = request.if_none_match
         if isinstance(options.data, SourceUrl):
@@ -108,23 +125,42 @@ class ImageServiceServicer:
         etag = self._etag(canonical, identity)
         if if_none_match and if_none_match == etag:
             return self._not_modified(etag, source_kind, expires)
-        result = await self._engine.process(options, deadline)
-        return pb.ProcessImageResponse(
-            data=result.data,
-            format=ENUM_BY_FORMAT[result.format],
-            width=result.width,
-            height=result.height,
-            detections=[_detection(obj) for obj in result.objects],
-            degradations=[_degradation(item) for item in result.degradations],
-            encoding=result.encoding.to_proto() if result.encoding is not None else None,
-            # A degraded result is not the one the options ask for: nothing to revalidate.
-            etag="" if result.degradations else etag,
-            cache_control=(
-                "no-cache"
-                if result.degradations
-                else caching.cache_control(self._settings.ttl_s, expires)
-            ),
+        skipped = await self._engine.passthrough(options)
+        if skipped is not None:
+            response = _response(skipped)
+            response.processing_skipped = True
+        else:
+            response = _response(await self._engine.process(options, deadline))
+        # A degraded result is not the one the options ask for: nothing to revalidate.
+        if not response.degradations:
+            response.etag = etag
+            response.cache_control = caching.cache_control(self._settings.ttl_s, expires)
+        return response
+
+    async def _process_fallback(
+        self,
+        options: ProcessRequest,
+        replacement: SourceBytes | SourceUrl,
+        error: ImageSvcError,
+        deadline: float,
+    ) -> pb.ProcessImageResponse:
+        """The fallback image processed as the source would have been; a fallback that fails
+        as well gives the source's ``error``. Never an etag: the result is not the source's."""
+        try:
+            data = await self._source_bytes(replacement, deadline)
+            result = await self._engine.process(
+                dataclasses.replace(options, data=data, fallback=None), deadline
+            )
+        except ImageSvcError:
+            raise error from None
+        self._metrics.fallback_used(error.reason)
+        response = _response(result)
+        response.fallback_used = True
+        response.fallback_status = fallback.http_status(
+            error, self._settings.fallback_image_http_code
         )
+        response.fallback_reason = error.reason
+        return response
 
     def _etag(self, canonical: bytes, identity: caching.SourceIdentity) -> str:
         return caching.make_etag(canonical, identity, self._settings.etag_buster, self._version)
@@ -176,6 +212,20 @@ class ImageServiceServicer:
         if isinstance(source, SourceUrl):
             return await self._fetcher.fetch(source.url, deadline)
         return source
+
+
+def _response(result: ProcessResult) -> pb.ProcessImageResponse:
+    """The result as a response without caching hints: no etag, cache_control "no-cache"."""
+    return pb.ProcessImageResponse(
+        data=result.data,
+        format=ENUM_BY_FORMAT[result.format],
+        width=result.width,
+        height=result.height,
+        detections=[_detection(obj) for obj in result.objects],
+        degradations=[_degradation(item) for item in result.degradations],
+        encoding=result.encoding.to_proto() if result.encoding is not None else None,
+        cache_control="no-cache",
+    )
 
 
 async def _digest(data: SourceBytes) -> caching.SourceIdentity:

@@ -56,6 +56,12 @@ class DogStatsdMetrics:
     def not_modified(self, source: str) -> None:
         self._statsd.increment(names.DD_NOT_MODIFIED, tags=[f"source:{source}"])
 
+    def processing_skipped(self, fmt: str) -> None:
+        self._statsd.increment(names.DD_PROCESSING_SKIPPED, tags=[f"format:{fmt}"])
+
+    def fallback_used(self, reason: str) -> None:
+        self._statsd.increment(names.DD_FALLBACK_USED, tags=[f"reason:{reason}"])
+
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         tags = [f"format:{fmt}", f"method:{method}"]
         self._statsd.distribution(names.DD_ENCODES_PER_IMAGE, encodes, tags=tags)

@@ -32,6 +32,8 @@ class Metrics(Protocol):
     def triton_ready(self, ready: bool) -> None: ...
     def detection_cache(self, hit: bool) -> None: ...
     def not_modified(self, source: str) -> None: ...
+    def processing_skipped(self, fmt: str) -> None: ...
+    def fallback_used(self, reason: str) -> None: ...
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None: ...
     def autoquality_prediction(
         self, fmt: str, model_version: str, predicted: int, final: int
@@ -96,6 +98,18 @@ class PrometheusMetrics:
             names.NOT_MODIFIED,
             "ProcessImage requests answered not_modified (if_none_match), by source kind.",
             ("source",),
+            **kw,
+        )
+        self._processing_skipped = Counter(
+            names.PROCESSING_SKIPPED,
+            "ProcessImage sources returned unprocessed (skip_processing), by format.",
+            ("format",),
+            **kw,
+        )
+        self._fallback_used = Counter(
+            names.FALLBACK_USED,
+            "ProcessImage requests answered with the fallback image, by the source's error.",
+            ("reason",),
             **kw,
         )
         self._encodes = Histogram(
@@ -163,6 +177,12 @@ class PrometheusMetrics:
 
     def not_modified(self, source: str) -> None:
         self._not_modified.labels(source).inc()
+
+    def processing_skipped(self, fmt: str) -> None:
+        self._processing_skipped.labels(fmt).inc()
+
+    def fallback_used(self, reason: str) -> None:
+        self._fallback_used.labels(reason).inc()
 
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         self._encodes.labels(fmt, method).observe(encodes)
