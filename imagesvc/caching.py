@@ -27,7 +27,7 @@ from imagesvc.errors import Expired
 from imagesvc.v1 import image_service_pb2 as pb
 
 # Bump when the derivation changes, so that no old ETag can match a new one by accident.
-ETAG_SCHEME = b"imagesvc-etag-1"
+ETAG_SCHEME = b"imagesvc-etag-2"
 HASH_HEX = 32
 
 # Source identity kinds: a hash of the bytes, the origin's strong ETag, its Last-Modified.
@@ -85,7 +85,12 @@ def canonical_options(request: pb.ProcessImageRequest) -> bytes:
     return options.SerializeToString(deterministic=True)
 
 
-def make_etag(options: bytes, identity: SourceIdentity, buster: str, version: str) -> str:
+def make_etag(
+    options: bytes, identity: SourceIdentity, buster: str, version: str, locator: str = ""
+) -> str:
+    """``locator`` (the source's URL) is hashed with an origin validator: two origins may hand
+    out the same ETag or Last-Modified, and a caller's etag for one must not make the other's
+    origin answer 304. A hash of the bytes needs none: the same bytes are the same source."""
     digest = hashlib.sha256()
     for part in (
         ETAG_SCHEME,
@@ -94,6 +99,7 @@ def make_etag(options: bytes, identity: SourceIdentity, buster: str, version: st
         options,
         identity.kind.encode(),
         identity.value.encode(),
+        (locator if identity.from_origin else "").encode(),
     ):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
@@ -147,3 +153,9 @@ def cache_control(
         now = time.time() if now is None else now
         max_age = min(max_age, int(expires.seconds + expires.nanos / 1e9 - now))
     return f"max-age={max_age}" if max_age > 0 else "no-cache"
+
+
+def max_age(cache_control_value: str) -> int:
+    """N of a ``max-age=N`` value made by ``cache_control``; 0 for ``no-cache``."""
+    _, sep, seconds = cache_control_value.partition("max-age=")
+    return int(seconds) if sep and seconds.isdigit() else 0

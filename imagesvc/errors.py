@@ -152,6 +152,28 @@ class Expired(ImageSvcError):
     reason = "EXPIRED"
 
 
+class Unauthenticated(ImageSvcError):
+    """An ImageService call without an accepted bearer token (IMAGESVC_AUTH_TOKENS_PATH): the
+    ``authorization`` metadata is not ``Bearer <token>``, or the token is not in the file."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "AUTH_TOKEN_INVALID"
+
+
+class AuthTokenMissing(Unauthenticated):
+    """An ImageService call without ``authorization`` metadata while tokens are required."""
+
+    reason = "AUTH_TOKEN_MISSING"
+
+
+class PermissionDenied(ImageSvcError):
+    """With mutual TLS and IMAGESVC_TLS_ALLOWED_CLIENT_NAMES: the client certificate's subject CN
+    and DNS SANs are none of the allowed names."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "CLIENT_NOT_ALLOWED"
+
+
 class ProcessingFailed(ImageSvcError):
     """libvips failed on an image it had decoded; a bug or a libvips limit, not bad input."""
 

@@ -12,6 +12,7 @@ a limit (IMAGE_TOO_LARGE, SOURCE_TOO_LARGE, REQUEST_TOO_COSTLY) or the service's
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyvips
@@ -19,6 +20,7 @@ import pyvips
 from imagesvc.engine import open_header
 from imagesvc.errors import ImageSvcError
 from imagesvc.settings import Settings
+from imagesvc.sources.url import UrlFetcher, UrlProblem, normalize_url
 
 # Reason of each error the fallback replaces -> the HTTP status a gateway would answer it with
 # (fallback_status when IMAGESVC_FALLBACK_IMAGE_HTTP_CODE is 0).
@@ -59,12 +61,39 @@ def load_image(settings: Settings) -> bytes | None:
         raise FallbackImageError(
             f"cannot read IMAGESVC_FALLBACK_IMAGE_PATH {path}: {error.strerror or error}"
         ) from None
+    _check_usable(data, f"IMAGESVC_FALLBACK_IMAGE_PATH {path}", settings)
+    return data
+
+
+async def fetch_image(settings: Settings) -> bytes | None:
+    """The bytes behind IMAGESVC_FALLBACK_IMAGE_URL (None when unset), fetched once at start as
+    a url source would be (allow-list, SSRF guard, size and time limits) and checked like
+    ``load_image``. A fallback that changes at its origin is picked up on the next start."""
+    url = settings.fallback_image_url
+    if not url:
+        return None
+    where = f"IMAGESVC_FALLBACK_IMAGE_URL {url}"
+    try:
+        normalized = str(normalize_url(url))
+    except UrlProblem as problem:
+        raise FallbackImageError(f"{where} is not a usable URL: {problem}") from None
+    fetcher = UrlFetcher(settings)
+    try:
+        data = await fetcher.fetch(
+            normalized, time.monotonic() + settings.source_download_timeout_s
+        )
+    except ImageSvcError as error:
+        raise FallbackImageError(f"cannot fetch {where}: {error.reason}: {error.message}") from None
+    finally:
+        await fetcher.close()
+    _check_usable(data, where, settings)
+    return data
+
+
+def _check_usable(data: bytes, where: str, settings: Settings) -> None:
     try:
         header = open_header(data, settings)
         header.image.avg()  # every pixel: a truncated file fails here, not on a request
     except (ImageSvcError, pyvips.Error) as error:
         message = " ".join(str(getattr(error, "message", None) or error).split())
-        raise FallbackImageError(
-            f"IMAGESVC_FALLBACK_IMAGE_PATH {path} is not a usable image: {message}"
-        ) from None
-    return data
+        raise FallbackImageError(f"{where} is not a usable image: {message}") from None

@@ -18,6 +18,7 @@ from google.protobuf.message import Message
 from imagesvc.encoding.spec import EncodingSpec, parse_encoding
 from imagesvc.errors import FieldViolation, InvalidRequest
 from imagesvc.settings import Settings
+from imagesvc.sources.objects import bucket_problem, key_problem, version_id_problem
 from imagesvc.sources.url import UrlProblem, normalize_url
 from imagesvc.v1 import image_service_pb2 as pb
 
@@ -305,15 +306,26 @@ class SourceUrl:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceObject:
+    """An object source, validated (imagesvc.sources.objects: S3 naming rules); the edge reads
+    it with imagesvc.sources.objects.ObjectFetcher and hands the engine its bytes."""
+
+    bucket: str
+    key: str
+    version_id: str = ""  # empty: the current version
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessRequest:
-    # A SourceUrl only between parsing and the edge's fetch; the engine always gets bytes.
-    data: SourceBytes | SourceUrl
+    # A SourceUrl or SourceObject only between parsing and the edge's fetch; the engine always
+    # gets bytes.
+    data: SourceBytes | SourceUrl | SourceObject
     pipelines: tuple[tuple[PlannedOp, ...], ...]
     output: OutputSpec
     # Source formats returned unprocessed (the request's list, else the setting's; imagesvc.skip).
     skip_processing: frozenset[str] = frozenset()
     # The request's fallback image (processed when the source fails); None: the setting's.
-    fallback: SourceBytes | SourceUrl | None = None
+    fallback: SourceBytes | SourceUrl | SourceObject | None = None
 
     @property
     def needs_detections(self) -> bool:
@@ -336,9 +348,12 @@ class ProcessRequest:
 
 def parse_source(
     msg: pb.ImageSource, path: str, pctx: ParseContext, lifted: SourceBytes | None = None
-) -> SourceBytes | SourceUrl:
+) -> SourceBytes | SourceUrl | SourceObject:
     """The source bytes: ``lifted`` when the edge took them out of the request without a copy
-    (``msg`` is then unset), else the message's own field; or the validated url source."""
+    (``msg`` is then unset), else the message's own field; or the validated url or object
+    source."""
+    if lifted is None and msg.WhichOneof("kind") == "object":
+        return parse_object(msg.object, f"{path}.object", pctx)
     if lifted is None and msg.WhichOneof("kind") == "url":
         try:
             return SourceUrl(str(normalize_url(msg.url)))
@@ -353,6 +368,17 @@ def parse_source(
     if not data:
         pctx.violations.add(f"{path}.data", "the source image bytes are required")
     return data
+
+
+def parse_object(msg: pb.ObjectLocation, path: str, pctx: ParseContext) -> SourceObject:
+    for name, problem in (
+        ("bucket", bucket_problem(msg.bucket)),
+        ("key", key_problem(msg.key)),
+        ("version_id", version_id_problem(msg.version_id)),
+    ):
+        if problem is not None:
+            pctx.violations.add(f"{path}.{name}", problem)
+    return SourceObject(msg.bucket, msg.key, msg.version_id)
 
 
 def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import ssl
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -91,7 +92,8 @@ class Settings(BaseSettings):
     allowed_sources: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description="URL prefixes a url source must start with, comma-separated (each with a "
-        "path, e.g. https://images.example.com/); empty: any http or https URL.",
+        "path, e.g. https://images.example.com/; s3://BUCKET/ prefixes for object sources); "
+        "empty: any http or https URL and any object.",
     )
     allow_loopback_source_addresses: bool = Field(
         False,
@@ -106,6 +108,11 @@ class Settings(BaseSettings):
         False,
         description="Let url sources connect to link-local addresses (169.254/16, the cloud "
         "metadata address included, fe80::/10).",
+    )
+    source_ca_path: str = Field(
+        "",
+        description="PEM bundle of CAs trusted for https url sources besides the system's "
+        "(an internal platform's own CA); checked at start.",
     )
     max_redirects: int = Field(5, ge=0, description="Most redirects a url source may follow.")
     source_download_timeout_s: float = Field(
@@ -148,6 +155,50 @@ class Settings(BaseSettings):
         le=599,
         description="fallback_status of a fallback response (100..599); 0: the HTTP "
         "equivalent of the source's error.",
+    )
+    fallback_image_url: str = Field(
+        "",
+        description="http(s) URL of the fallback image, fetched once at start like a url "
+        "source (allow-list and SSRF guard included); IMAGESVC_FALLBACK_IMAGE_PATH wins.",
+    )
+    # --- object sources (README "Sources"; imagesvc/sources/objects.py) ---
+    s3_enabled: bool = Field(False, description="Accept object sources (S3-compatible storage).")
+    s3_endpoint_url: str = Field(
+        "",
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, ...); empty: AWS S3. "
+        "Credentials and region come from the standard AWS environment / IRSA chain.",
+    )
+    s3_region: str = Field("", description="Region of the S3 client; empty: from the AWS chain.")
+    # --- presets (README "Presets"; imagesvc/presets.py) ---
+    presets_path: str = Field(
+        "",
+        description="YAML or JSON file of named presets (partial ProcessImageRequests in "
+        "proto-JSON), validated at start; a preset named default applies to every request.",
+    )
+    only_presets: bool = Field(
+        False,
+        description="Requests may name presets but carry no pipelines, output or "
+        "skip_processing_formats of their own.",
+    )
+    # --- authentication (README "Authentication and TLS"; imagesvc/server/auth.py) ---
+    auth_tokens_path: str = Field(
+        "",
+        description="File of accepted bearer tokens, one per line (# comments); re-read when "
+        "it changes, so tokens rotate without a restart. Empty: no token needed.",
+    )
+    tls_cert_path: str = Field(
+        "", description="PEM certificate chain of the gRPC server; with tls_key_path: TLS."
+    )
+    tls_key_path: str = Field("", description="PEM private key of tls_cert_path.")
+    tls_client_ca_path: str = Field(
+        "",
+        description="PEM CA bundle: when set, callers must present a client certificate it "
+        "signed (mutual TLS).",
+    )
+    tls_allowed_client_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="With mutual TLS: the client certificate subject CNs / DNS SANs allowed, "
+        "comma-separated (others get PERMISSION_DENIED); empty: any certificate the CA signed.",
     )
     max_src_resolution_mp: float = Field(
         50.0,
@@ -402,6 +453,25 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown formats {unknown}; known: {FORMAT_NAMES}")
         return value
 
+    @field_validator("tls_allowed_client_names", mode="before")
+    @classmethod
+    def _split_client_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(str(v).strip() for v in value if str(v).strip())
+        return value
+
+    @field_validator("source_ca_path")
+    @classmethod
+    def _loadable_ca_bundle(cls, value: str) -> str:
+        if value:
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=value)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(f"cannot load the CA bundle {value}: {error}") from None
+        return value
+
     @field_validator("fallback_image_http_code")
     @classmethod
     def _http_code(cls, value: int) -> int:
@@ -425,10 +495,10 @@ class Settings(BaseSettings):
             scheme, sep, rest = prefix.partition("://")
             # Without a path, https://example.com would also let in https://example.com.evil.org/
             # and https://example.com@evil.org/.
-            if scheme.lower() not in ("http", "https") or not sep or "/" not in rest:
+            if scheme.lower() not in ("http", "https", "s3") or not sep or "/" not in rest:
                 raise ValueError(
-                    f"allowed source {prefix!r} must be an http:// or https:// URL prefix with a "
-                    "path, e.g. https://images.example.com/"
+                    f"allowed source {prefix!r} must be an http://, https:// or s3:// prefix "
+                    "with a path, e.g. https://images.example.com/ or s3://bucket/"
                 )
         return value
 

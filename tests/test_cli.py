@@ -243,3 +243,109 @@ def test_an_http_input_is_a_url_source(tmp_path):
     path = tmp_path / "a.jpg"
     path.write_bytes(b"\xff\xd8")
     assert cli._source(str(path)).data == b"\xff\xd8"
+
+
+# --- sources, presets, if-none-match ----------------------------------------------------------
+
+
+def parse(*argv: str):
+    return cli.build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["process", "s3://photos/2024/cat.jpg?versionId=v7"],
+        ["process", "--object", "s3://photos/2024/cat.jpg?versionId=v7"],
+    ],
+)
+def test_an_s3_url_is_an_object_source(argv):
+    request = cli.process_request(parse(*argv))
+    assert request.source.WhichOneof("kind") == "object"
+    location = request.source.object
+    assert (location.bucket, location.key, location.version_id) == ("photos", "2024/cat.jpg", "v7")
+    plain = cli._source("s3://photos/a b?c.jpg").object
+    assert (plain.bucket, plain.key, plain.version_id) == ("photos", "a b?c.jpg", "")
+
+
+def test_url_option_is_a_url_source():
+    request = cli.process_request(parse("process", "--url", "https://img.example.com/a.jpg"))
+    assert request.source.url == "https://img.example.com/a.jpg"
+
+
+def test_presets_and_if_none_match_fill_the_request(files):
+    source, pipeline = files
+    args = parse(
+        "process", str(source), "--preset", "thumb", "--preset", "webp", "--if-none-match", '"e1"'
+    )
+    request = cli.process_request(args)
+    assert list(request.presets) == ["thumb", "webp"]
+    assert request.if_none_match == '"e1"'
+    assert request.source.data == source.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["process"], "exactly one source"),
+        (["process", "a.jpg", "--url", "https://x.example/a.jpg"], "exactly one source"),
+        (["describe", "--url", "ftp://x.example/a.jpg"], "not an http(s) URL"),
+        (["process", "--object", "s3://bucket-only"], "s3://bucket-only"),
+        (["process", "s3:///key.jpg"], "s3:///key.jpg"),
+        (["process", "s3://b/k.jpg?versionId="], "versionId is empty"),
+        (["describe", "x.jpg", "--tls-cert", "c.pem"], "--tls-key"),
+        (["process", "x.jpg", "--token", "a", "--token-file", "t"], "not both"),
+    ],
+)
+async def test_bad_sources_and_options_are_one_line_and_exit_2(argv, words):
+    code, stdout, stderr = await run_cli(*argv)
+    assert code == cli.EXIT_USAGE and not stdout
+    assert words in one_error_line(stderr)
+
+
+async def test_if_none_match_prints_not_modified(target, files, tmp_path):
+    source, pipeline = files
+    out = tmp_path / "out.png"
+    args = ["process", str(source), "-o", str(out), "--pipeline", str(pipeline), "--target", target]
+    code, stdout, stderr = await run_cli(*args)
+    assert code == 0, stderr
+    etags = [line.split()[1] for line in stdout.splitlines() if line.strip().startswith("etag ")]
+    assert len(etags) == 1 and etags[0].startswith('"')
+    out.unlink()
+    code, stdout, stderr = await run_cli(*args, "--if-none-match", etags[0])
+    assert code == 0, stderr
+    assert stdout.strip() == f"not modified: etag {etags[0]} (nothing written)"
+    assert not out.exists()
+
+
+# --- token and TLS options --------------------------------------------------------------------
+
+
+def test_the_token_comes_from_the_option_the_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(cli.TOKEN_ENV, raising=False)
+    assert cli._call_metadata(parse("health")) == ()
+    monkeypatch.setenv(cli.TOKEN_ENV, "from-env")
+    assert cli._call_metadata(parse("health")) == (("authorization", "Bearer from-env"),)
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    args = parse("--token-file", str(token_file), "describe", "x.jpg")
+    assert cli._call_metadata(args) == (("authorization", "Bearer from-file"),)
+    args = parse("describe", "x.jpg", "--token", "from-option")
+    assert cli._call_metadata(args) == (("authorization", "Bearer from-option"),)
+
+
+def test_any_tls_option_implies_tls():
+    assert not cli._uses_tls(parse("health"))
+    for option in (["--tls"], ["--tls-ca", "ca.pem"], ["--tls-server-name", "svc.example"]):
+        assert cli._uses_tls(parse("health", *option))
+        assert cli._uses_tls(parse(*option, "health"))
+
+
+async def test_a_token_is_sent_only_to_the_image_service(target, files):
+    """A plaintext server without tokens ignores the metadata; health gets none."""
+    source, _ = files
+    code, stdout, stderr = await run_cli(
+        "describe", str(source), "--target", target, "--token", "t"
+    )
+    assert code == 0, stderr
+    assert '"width": 64' in stdout

@@ -11,7 +11,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_config_table_matches_settings():
-    documented = set(re.findall(r"^\| `(IMAGESVC_[A-Z_]+)` \|", README, flags=re.M))
+    documented = set(re.findall(r"^\| `(IMAGESVC_[A-Z0-9_]+)` \|", README, flags=re.M))
     expected = {f"IMAGESVC_{name.upper()}" for name in Settings.model_fields}
     assert documented == expected
 

@@ -21,8 +21,10 @@ import gc
 import os
 import signal
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pyvips
@@ -32,12 +34,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from imagesvc import logging as imagesvc_logging
-from imagesvc import fallback, memory, vips
+from imagesvc import fallback, memory, presets, vips
 from imagesvc.engine import Engine
+from imagesvc.server import auth
 from imagesvc.server.health import HealthReporter, HealthServicer
 from imagesvc.server.interceptors import ServerInterceptor
 from imagesvc.server.servicer import ImageServiceServicer
 from imagesvc.settings import Settings
+from imagesvc.sources.objects import ObjectFetcher
 from imagesvc.sources.url import UrlFetcher
 from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
@@ -61,6 +65,7 @@ class RunningServer:
     metrics_server: object | None
     trimmer: memory.MemoryTrimmer
     fetcher: UrlFetcher | None = None
+    object_fetcher: ObjectFetcher | None = None
 
     async def drain(self) -> None:
         """Report NOT_SERVING for every service, for good; RPCs are still served."""
@@ -73,6 +78,8 @@ class RunningServer:
         await self.trimmer.stop()
         if self.fetcher is not None:
             await self.fetcher.close()  # the url sources' connection pool
+        if self.object_fetcher is not None:
+            await self.object_fetcher.close()  # the object sources' client and its pool
         await self.detector.close()
         if self.quality_model is not None:
             await self.quality_model.close()
@@ -116,9 +123,64 @@ def _reason(error: OSError) -> str:
     return (error.strerror or str(error)).split(" (while attempting")[0]  # e.g. gaierror
 
 
+def _read_pem(path: str, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise StartError(f"cannot read {setting} {path}: {_reason(error)}") from None
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from IMAGESVC_TLS_*; None for plaintext. The files are checked with the
+    ssl module (gRPC itself would only fail the handshakes)."""
+    cert, key, ca = settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path
+    if not cert and not key:
+        if ca:
+            raise StartError(
+                "IMAGESVC_TLS_CLIENT_CA_PATH needs TLS: set IMAGESVC_TLS_CERT_PATH and "
+                "IMAGESVC_TLS_KEY_PATH"
+            )
+        return None
+    if not cert or not key:
+        missing = "IMAGESVC_TLS_KEY_PATH" if cert else "IMAGESVC_TLS_CERT_PATH"
+        raise StartError(
+            f"TLS needs both IMAGESVC_TLS_CERT_PATH and IMAGESVC_TLS_KEY_PATH: set {missing}"
+        )
+    cert_pem = _read_pem(cert, "IMAGESVC_TLS_CERT_PATH")
+    key_pem = _read_pem(key, "IMAGESVC_TLS_KEY_PATH")
+    ca_pem = _read_pem(ca, "IMAGESVC_TLS_CLIENT_CA_PATH") if ca else None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # b"": an encrypted key fails here instead of prompting for a password.
+        context.load_cert_chain(cert, key, password=b"")
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise StartError(
+            f"IMAGESVC_TLS_CERT_PATH {cert} / IMAGESVC_TLS_KEY_PATH {key}: not a PEM certificate "
+            f"chain and its unencrypted private key ({_ssl_reason(error)})"
+        ) from None
+    if ca_pem is not None:
+        try:
+            context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as error:
+            raise StartError(
+                f"IMAGESVC_TLS_CLIENT_CA_PATH {ca}: not PEM CA certificates ({_ssl_reason(error)})"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=ca_pem is not None
+    )
+
+
+def _ssl_reason(error: Exception) -> str:
+    reason = getattr(error, "reason", None) or str(error)
+    return " ".join(str(reason).split())
+
+
 def _bind_grpc(server: grpc.aio.Server, settings: Settings) -> int:
     address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
     try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
         return server.add_insecure_port(address)
     except RuntimeError:  # grpc: "Failed to bind to address ..."
         reason = _bind_failure(settings.host, settings.port)
@@ -142,14 +204,30 @@ def _start_metrics_server(settings: Settings, registry: CollectorRegistry | None
     return server
 
 
+async def _abandon(server, metrics_server, detector, quality_model, engine) -> None:
+    """Undo a start that failed after its ports were bound."""
+    await server.stop(None)
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    await detector.close()
+    if quality_model is not None:
+        await quality_model.close()
+    engine.close()
+
+
 async def start(settings: Settings, registry: CollectorRegistry | None = None) -> RunningServer:
     """Start everything; the caller owns the loop. ``registry`` isolates metrics in tests.
 
     Raises StartError, with a one-line message, when a port cannot be bound."""
     vips.configure(settings)
     try:
-        fallback_image = fallback.load_image(settings)  # before any port is bound
+        # Before any port is bound; the file wins over the URL.
+        fallback_image = fallback.load_image(settings) or await fallback.fetch_image(settings)
     except fallback.FallbackImageError as error:
+        raise StartError(str(error)) from None
+    try:
+        loaded_presets = presets.load(settings)  # their options are checked once the engine is up
+    except presets.PresetsError as error:
         raise StartError(str(error)) from None
     metrics = build_metrics(settings, registry)
     options = [
@@ -157,7 +235,16 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[ServerInterceptor(metrics)], options=options)
+    try:
+        authenticator = auth.interceptor(settings, metrics)  # reads the token file
+    except auth.AuthConfigError as error:
+        raise StartError(str(error)) from None
+    # The auth interceptor inside ServerInterceptor: refusals become statuses there, and are
+    # counted in grpc_server_handled_total like every other outcome.
+    interceptors = [ServerInterceptor(metrics)]
+    if authenticator is not None:
+        interceptors.append(authenticator)
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     # Ports first, so a taken one fails the start before anything else is running.
     port = _bind_grpc(server, settings)
     metrics_server = None
@@ -200,10 +287,26 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             model_name=settings.autoquality_ml_model,
         )
     engine = Engine(settings, detector, metrics, quality_model)
+    try:
+        presets.validate(loaded_presets, settings, engine.known_classes)
+    except presets.PresetsError as error:
+        await _abandon(server, metrics_server, detector, quality_model, engine)
+        raise StartError(str(error)) from None
     # One connection pool for url sources, opened on the first fetch.
     fetcher = UrlFetcher(settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds))
+    # One S3 client for object sources, created on the first fetch.
+    object_fetcher = ObjectFetcher(
+        settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds)
+    )
     ImageServiceServicer(
-        engine, settings, fetcher, metrics=metrics, version=VERSION, fallback_image=fallback_image
+        engine,
+        settings,
+        fetcher,
+        object_fetcher=object_fetcher,
+        metrics=metrics,
+        version=VERSION,
+        fallback_image=fallback_image,
+        presets=loaded_presets,
     ).register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -237,6 +340,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         metrics_server,
         trimmer,
         fetcher,
+        object_fetcher,
     )
 
 

@@ -23,14 +23,17 @@ from imagesvc.options import (
     ParseContext,
     ProcessRequest,
     SourceBytes,
+    SourceObject,
     SourceUrl,
     Violations,
     parse_classes,
     parse_process_request,
     parse_source,
 )
+from imagesvc.presets import Presets
 from imagesvc.server.wire import decode_request
 from imagesvc.settings import Settings
+from imagesvc.sources.objects import ObjectFetcher
 from imagesvc.sources.url import UrlFetcher
 from imagesvc.telemetry.metrics import Metrics, NullMetrics
 from imagesvc.v1 import image_service_pb2 as pb
@@ -47,19 +50,27 @@ class ImageServiceServicer:
         settings: Settings,
         fetcher: UrlFetcher | None = None,
         *,
+        object_fetcher: ObjectFetcher | None = None,
         metrics: Metrics | None = None,
         version: str = "",
         fallback_image: bytes | None = None,
+        presets: Presets | None = None,
     ) -> None:
         """``fallback_image``: IMAGESVC_FALLBACK_IMAGE_PATH's bytes, validated
-        (``imagesvc.fallback.load_image``); a request's own fallback_image wins."""
+        (``imagesvc.fallback.load_image``); a request's own fallback_image wins. ``presets``:
+        IMAGESVC_PRESETS_PATH's, validated (``imagesvc.presets``)."""
         self._engine = engine
+        self._presets = presets if presets is not None else Presets({})
         self._fallback_image = fallback_image
         self._settings = settings
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._version = version  # in every ETag: a new release invalidates the old ones
         # url sources; the owner (server.app) closes it when the server stops.
         self._fetcher = fetcher if fetcher is not None else UrlFetcher(settings)
+        # object sources; likewise closed by the owner.
+        self._object_fetcher = (
+            object_fetcher if object_fetcher is not None else ObjectFetcher(settings)
+        )
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """One handler per ImageService RPC, taking its request as raw bytes."""
@@ -93,6 +104,7 @@ class ImageServiceServicer:
         request, source_data = decode_request(raw, pb.ProcessImageRequest)
         expires = request.expires if request.HasField("expires") else None
         caching.check_expires(expires)  # before anything is parsed, fetched or decoded
+        request = self._presets.apply(request)  # everything below sees the merged options
         options = parse_process_request(
             request, self._settings, self._engine.known_classes, source_data
         )
@@ -110,11 +122,17 @@ class ImageServiceServicer:
     ) -> pb.ProcessImageResponse:
         canonical = caching.canonical_options(request)
         if_none_match = request.if_none_match
-        if isinstance(options.data, SourceUrl):
-            source_kind = "url"
+        locator = _locator(options.data)
+        if isinstance(options.data, SourceUrl | SourceObject):
+            source_kind = "url" if isinstance(options.data, SourceUrl) else "object"
             # Fetched only once the whole request is valid; the engine gets the bytes.
-            conditional = self._conditional_headers(canonical, if_none_match)
-            fetched = await self._fetcher.fetch_source(options.data.url, deadline, conditional)
+            conditional = self._conditional_headers(canonical, if_none_match, locator)
+            if isinstance(options.data, SourceUrl):
+                fetched = await self._fetcher.fetch_source(options.data.url, deadline, conditional)
+            else:
+                fetched = await self._object_fetcher.fetch_source(
+                    options.data, deadline, conditional
+                )
             if fetched.not_modified:  # the origin confirmed the validator the caller's etag holds
                 return self._not_modified(if_none_match, source_kind, expires)
             identity = caching.origin_identity(fetched.etag, fetched.last_modified, fetched.data)
@@ -122,7 +140,7 @@ class ImageServiceServicer:
         else:
             source_kind = "data"
             identity = await _digest(options.data)
-        etag = self._etag(canonical, identity)
+        etag = self._etag(canonical, identity, locator)
         if if_none_match and if_none_match == etag:
             return self._not_modified(etag, source_kind, expires)
         skipped = await self._engine.passthrough(options)
@@ -134,13 +152,13 @@ class ImageServiceServicer:
         # A degraded result is not the one the options ask for: nothing to revalidate.
         if not response.degradations:
             response.etag = etag
-            response.cache_control = caching.cache_control(self._settings.ttl_s, expires)
+            self._set_freshness(response, expires)
         return response
 
     async def _process_fallback(
         self,
         options: ProcessRequest,
-        replacement: SourceBytes | SourceUrl,
+        replacement: SourceBytes | SourceUrl | SourceObject,
         error: ImageSvcError,
         deadline: float,
     ) -> pb.ProcessImageResponse:
@@ -162,14 +180,19 @@ class ImageServiceServicer:
         response.fallback_reason = error.reason
         return response
 
-    def _etag(self, canonical: bytes, identity: caching.SourceIdentity) -> str:
-        return caching.make_etag(canonical, identity, self._settings.etag_buster, self._version)
+    def _etag(self, canonical: bytes, identity: caching.SourceIdentity, locator: str = "") -> str:
+        return caching.make_etag(
+            canonical, identity, self._settings.etag_buster, self._version, locator
+        )
 
-    def _conditional_headers(self, canonical: bytes, if_none_match: str) -> dict[str, str] | None:
+    def _conditional_headers(
+        self, canonical: bytes, if_none_match: str, locator: str
+    ) -> dict[str, str] | None:
         """The conditional request to send the origin: when the caller's etag is the one these
-        options get for the origin validator it carries, ask whether that is still current."""
+        options get for this source and the origin validator it carries, ask whether that is
+        still current."""
         validator = caching.origin_validator(if_none_match) if if_none_match else None
-        if validator is None or self._etag(canonical, validator) != if_none_match:
+        if validator is None or self._etag(canonical, validator, locator) != if_none_match:
             return None
         if validator.kind == caching.ORIGIN_ETAG:
             return {"If-None-Match": validator.value}
@@ -177,11 +200,17 @@ class ImageServiceServicer:
 
     def _not_modified(self, etag: str, source_kind: str, expires) -> pb.ProcessImageResponse:
         self._metrics.not_modified(source_kind)
-        return pb.ProcessImageResponse(
-            etag=etag,
-            not_modified=True,
-            cache_control=caching.cache_control(self._settings.ttl_s, expires),
-        )
+        response = pb.ProcessImageResponse(etag=etag, not_modified=True)
+        self._set_freshness(response, expires)
+        return response
+
+    def _set_freshness(self, response: pb.ProcessImageResponse, expires) -> None:
+        """cache_control, and expires when the result may be cached at all."""
+        now = time.time()
+        response.cache_control = caching.cache_control(self._settings.ttl_s, expires, now)
+        max_age = caching.max_age(response.cache_control)
+        if max_age:
+            response.expires.FromSeconds(int(now) + max_age)
 
     async def DescribeImage(
         self, raw: bytes, context: grpc.aio.ServicerContext
@@ -208,9 +237,13 @@ class ImageServiceServicer:
             degradations=[_degradation(item) for item in result.degradations],
         )
 
-    async def _source_bytes(self, source: SourceBytes | SourceUrl, deadline: float) -> SourceBytes:
+    async def _source_bytes(
+        self, source: SourceBytes | SourceUrl | SourceObject, deadline: float
+    ) -> SourceBytes:
         if isinstance(source, SourceUrl):
             return await self._fetcher.fetch(source.url, deadline)
+        if isinstance(source, SourceObject):
+            return await self._object_fetcher.fetch(source, deadline)
         return source
 
 
@@ -226,6 +259,15 @@ def _response(result: ProcessResult) -> pb.ProcessImageResponse:
         encoding=result.encoding.to_proto() if result.encoding is not None else None,
         cache_control="no-cache",
     )
+
+
+def _locator(source: SourceBytes | SourceUrl | SourceObject) -> str:
+    """Where a fetched source comes from, for its ETag; "" for bytes."""
+    if isinstance(source, SourceUrl):
+        return source.url
+    if isinstance(source, SourceObject):
+        return f"s3://{source.bucket}/{source.key}?versionId={source.version_id}"
+    return ""
 
 
 async def _digest(data: SourceBytes) -> caching.SourceIdentity:

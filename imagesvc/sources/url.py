@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -151,6 +152,7 @@ class UrlFetcher:
                 limit=100,
                 limit_per_host=16,
                 ttl_dns_cache=10,
+                ssl=self._ssl_context(),
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -161,6 +163,14 @@ class UrlFetcher:
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """Certificates are always verified: against the system's CAs, plus
+        IMAGESVC_SOURCE_CA_PATH's (an internal platform's own CA)."""
+        context = ssl.create_default_context()
+        if self._settings.source_ca_path:
+            context.load_verify_locations(cafile=self._settings.source_ca_path)
+        return context
 
     async def close(self) -> None:
         if self._session is not None:
@@ -258,6 +268,18 @@ class UrlFetcher:
                     return FetchedSource(await self._read(response), etag, last_modified)
             except AddressRefused as refused:
                 raise _forbidden(refused) from None
+            except aiohttp.ClientConnectorCertificateError:
+                # Not retried: the same certificate will be offered again.
+                raise SourceUnreachable(
+                    "the source's TLS certificate is not trusted (see IMAGESVC_SOURCE_CA_PATH)",
+                    metadata={"cause": "tls_certificate"},
+                ) from None
+            except aiohttp.ClientConnectorSSLError:
+                raise SourceUnreachable(
+                    "the TLS handshake with the source failed",
+                    metadata={"cause": "tls_handshake"},
+                    retry_after_s=RETRY_AFTER_S,
+                ) from None
             except aiohttp.ClientConnectorError as error:
                 if isinstance(error.os_error, AddressRefused):
                     raise _forbidden(error.os_error) from None

@@ -62,6 +62,9 @@ class DogStatsdMetrics:
     def fallback_used(self, reason: str) -> None:
         self._statsd.increment(names.DD_FALLBACK_USED, tags=[f"reason:{reason}"])
 
+    def auth_refused(self, reason: str) -> None:
+        self._statsd.increment(names.DD_AUTH_REFUSALS, tags=[f"reason:{reason}"])
+
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         tags = [f"format:{fmt}", f"method:{method}"]
         self._statsd.distribution(names.DD_ENCODES_PER_IMAGE, encodes, tags=tags)

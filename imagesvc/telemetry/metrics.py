@@ -34,6 +34,7 @@ class Metrics(Protocol):
     def not_modified(self, source: str) -> None: ...
     def processing_skipped(self, fmt: str) -> None: ...
     def fallback_used(self, reason: str) -> None: ...
+    def auth_refused(self, reason: str) -> None: ...
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None: ...
     def autoquality_prediction(
         self, fmt: str, model_version: str, predicted: int, final: int
@@ -112,6 +113,12 @@ class PrometheusMetrics:
             ("reason",),
             **kw,
         )
+        self._auth_refusals = Counter(
+            names.AUTH_REFUSALS,
+            "ImageService calls refused by authentication or client authorization, by reason.",
+            ("reason",),
+            **kw,
+        )
         self._encodes = Histogram(
             names.ENCODES_PER_IMAGE,
             "Encodes tried for one result (autoquality, best format, max_bytes).",
@@ -183,6 +190,9 @@ class PrometheusMetrics:
 
     def fallback_used(self, reason: str) -> None:
         self._fallback_used.labels(reason).inc()
+
+    def auth_refused(self, reason: str) -> None:
+        self._auth_refusals.labels(reason).inc()
 
     def encoding(self, fmt: str, method: str, encodes: int, dssim: float | None) -> None:
         self._encodes.labels(fmt, method).observe(encodes)

@@ -154,3 +154,103 @@ def build(source_index: int, pipelines, output, data: list[bytes]) -> pb.Process
     return pb.ProcessImageRequest(
         source=pb.ImageSource(data=data[source_index]), pipelines=pipelines, output=output
     )
+
+
+# --- the request-level fields: sources, caching, presets, fallback -------------------------------
+
+PRESET_NAMES = ["default", "thumb", "", "nope", "thumb ", "x" * 9000, "ünïcødé", "thumb\x00"]
+ETAGS = [
+    "",
+    '"',
+    '""',
+    "*",
+    'W/"abc"',
+    '"0123456789abcdef0123456789abcdef"',
+    '"0123456789abcdef0123456789abcdef.ZWFiYw"',  # carries a made-up origin validator
+    '"0123456789abcdef0123456789abcdef.!!!"',
+    '"x.' + "A" * 5000 + '"',
+    "\x00\xff",
+]
+TIMESTAMP_SECONDS = [-(2**63), -62135596801, -1, 0, 1, 2**31, 253402300799, 253402300800, 2**63 - 1]
+URLS = [
+    "",
+    "http://127.0.0.1:1/a.jpg",
+    "http://169.254.169.254/",
+    "http://[::1]/",
+    "ftp://example.com/a.jpg",
+    "http://user:pw@example.com/a.jpg",
+    "http://" + "a" * 9000 + ".com/",
+    "http://exa mple.com/",
+    "\x00",
+]
+BUCKETS = ["", "ab", "bucket", "Bucket", "192.168.0.1", "b" * 64, "-bucket", "ünï", "a..b"]
+KEYS = ["", "a.jpg", "k" * 1025, "a\x00b", "../../etc/passwd", "ünïcødé/ключ.jpg"]
+
+
+def image_sources(data: list[bytes]) -> st.SearchStrategy:
+    garbage = [b"", b"\xff\xd8\xff", b"GIF89a", b"\x89PNG\r\n\x1a\n" + b"\0" * 40]
+    return st.one_of(
+        st.builds(lambda blob: pb.ImageSource(data=blob), st.sampled_from(data)),
+        st.builds(lambda blob: pb.ImageSource(data=blob), st.sampled_from(data + garbage)),
+        st.builds(lambda url: pb.ImageSource(url=url), st.sampled_from(URLS)),
+        st.builds(
+            lambda bucket, key, version: pb.ImageSource(
+                object=pb.ObjectLocation(bucket=bucket, key=key, version_id=version)
+            ),
+            st.sampled_from(BUCKETS),
+            st.sampled_from(KEYS),
+            st.sampled_from(["", "v1", "v" * 2000]),
+        ),
+        st.just(pb.ImageSource()),  # no kind at all
+    )
+
+
+def request_fields(data: list[bytes]) -> st.SearchStrategy:
+    """Whole ProcessImageRequests whose request-level fields take extreme values (the pipelines
+    are small and valid, so the outcome is up to those fields)."""
+
+    def build_request(source, fallback, presets, etag, expires, skip):
+        request = pb.ProcessImageRequest(
+            source=source,
+            pipelines=[pb.Pipeline(operations=[pb.Operation(resize=pb.Resize(width=16))])],
+            presets=presets,
+            if_none_match=etag,
+            skip_processing_formats=skip,
+        )
+        if fallback is not None:
+            request.fallback_image.CopyFrom(fallback)
+        if expires is not None:
+            request.expires.seconds, request.expires.nanos = expires
+        return request
+
+    formats = [v.number for v in pb.ImageFormat.DESCRIPTOR.values] + [99, -1]
+    return st.builds(
+        build_request,
+        image_sources(data),
+        st.none() | image_sources(data),
+        # Most draws keep each field ordinary, so that the others decide the outcome.
+        st.just([])
+        | st.lists(st.sampled_from(["default", "thumb"]), max_size=2)
+        | st.lists(st.sampled_from(PRESET_NAMES), max_size=20),
+        st.just("") | st.sampled_from(ETAGS),
+        st.none()
+        | st.none()
+        | st.tuples(
+            st.sampled_from(TIMESTAMP_SECONDS), st.sampled_from([0, 999_999_999, -1, 10**9])
+        ),
+        st.just([]) | st.lists(st.sampled_from(formats), max_size=3),
+    )
+
+
+# Deliberate outcomes of request_fields: DELIBERATE and the sources' and caching errors.
+DELIBERATE_REQUEST_FIELDS = DELIBERATE | {
+    "EXPIRED",
+    "SOURCE_FORBIDDEN",
+    "SOURCE_NOT_FOUND",
+    "SOURCE_UNREACHABLE",
+    "SOURCE_TOO_LARGE",
+    "IMAGE_DECODE_FAILED",
+    "IMAGE_FORMAT_UNRECOGNIZED",
+    "IMAGE_FORMAT_UNSUPPORTED",
+    "IMAGE_TOO_LARGE",
+}

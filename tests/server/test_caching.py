@@ -211,3 +211,19 @@ async def test_a_degraded_result_gets_no_etag(stub):
     response = await stub.ProcessImage(message, timeout=30)
     assert response.degradations and response.data
     assert (response.etag, response.cache_control) == ("", "no-cache")
+
+
+async def test_an_etag_of_one_url_never_revalidates_another(stub, origin):
+    """Two origins may hand out the same validator (here the same Last-Modified): the etag of
+    one URL's result, sent with another URL, is not that URL's etag, so no conditional request
+    goes out and the other image comes back whole."""
+    origin.routes["/lm-other.jpg"] = origin.routes["/lm.jpg"]
+    first = await stub.ProcessImage(request(pb.ImageSource(url=origin.url("/lm.jpg"))), timeout=30)
+    before = len(origin.requests)
+    other = await stub.ProcessImage(
+        request(pb.ImageSource(url=origin.url("/lm-other.jpg")), if_none_match=first.etag),
+        timeout=30,
+    )
+    assert not other.not_modified and other.data
+    assert other.etag != first.etag
+    assert "if-modified-since" not in origin.requests[before].headers

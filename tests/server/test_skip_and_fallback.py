@@ -286,3 +286,52 @@ async def test_a_bad_fallback_file_fails_the_start_in_one_line(tmp_path, content
     message = str(raised.value)
     assert expected in message and "IMAGESVC_FALLBACK_IMAGE_PATH" in message
     assert "\n" not in message
+
+
+# --- IMAGESVC_FALLBACK_IMAGE_URL ---------------------------------------------------------------
+
+
+async def test_the_fallback_image_url_is_fetched_at_start_and_served(origin):
+    running, channel = await _serve(fallback_image_url=origin.url("/fallback.png"))
+    stub = pb_grpc.ImageServiceStub(channel)
+    try:
+        fetched_at_start = hits(origin, "/fallback.png")
+        assert fetched_at_start >= 1
+        for _ in range(2):
+            response = await stub.ProcessImage(
+                request(pb.ImageSource(url=origin.url("/missing.jpg"))), timeout=30
+            )
+            assert response.fallback_used and response.fallback_reason == "SOURCE_NOT_FOUND"
+            image = pyvips.Image.new_from_buffer(response.data, "")
+            assert (image.width, image.height) == (20, 15)
+            assert image.getpoint(10, 7)[1] > 150  # the green fallback, not the source
+        assert hits(origin, "/fallback.png") == fetched_at_start  # not fetched per request
+    finally:
+        await channel.close()
+        await running.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("path", "loopback", "expected"),
+    [
+        ("/missing.jpg", True, "SOURCE_NOT_FOUND"),
+        ("/fallback.png", False, "SOURCE_FORBIDDEN"),  # the SSRF guard applies at start too
+        ("/not-an-image.txt", True, "not a usable image"),
+    ],
+)
+async def test_a_bad_fallback_url_fails_the_start_in_one_line(origin, path, loopback, expected):
+    origin.routes["/not-an-image.txt"] = static(200, b"hello", {"Content-Type": "text/plain"})
+    settings = server_settings(
+        "127.0.0.1:1",
+        fallback_image_url=origin.url(path),
+        allow_loopback_source_addresses=loopback,
+    )
+    with pytest.raises(app.StartError) as raised:
+        await app.start(settings, CollectorRegistry())
+    message = str(raised.value)
+    assert expected in message and "IMAGESVC_FALLBACK_IMAGE_URL" in message
+    assert "\n" not in message
+
+
+def hits(origin: Origin, path: str) -> int:
+    return sum(1 for seen in origin.requests if seen.path == path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
@@ -98,3 +100,70 @@ async def test_invalid_pipeline_fails_before_the_fetch(origin, url_stub):
         await url_stub.ProcessImage(request, timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(origin.requests) == before
+
+
+@pytest.fixture(scope="module")
+async def guarded_stub():
+    """The default guard: loopback, private and link-local addresses all refused."""
+    running = await app.start(server_settings("127.0.0.1:1"), CollectorRegistry())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield pb_grpc.ImageServiceStub(channel)
+    await running.stop(1.0)
+
+
+# Spellings of the loopback origin's address (the guard sees what they resolve to), and other
+# refused addresses; {port} is the listening origin's.
+REFUSED_OVER_GRPC = [
+    "http://127.0.0.1:{port}/a.jpg",
+    "http://127.1:{port}/a.jpg",
+    "http://2130706433:{port}/a.jpg",
+    "http://0x7f000001:{port}/a.jpg",
+    "http://0177.0.0.1:{port}/a.jpg",
+    "http://127.000.000.001:{port}/a.jpg",
+    "http://localhost:{port}/a.jpg",
+    "http://0.0.0.0:{port}/a.jpg",
+    "http://0:{port}/a.jpg",
+    "http://[::1]:{port}/a.jpg",
+    "http://[::]:{port}/a.jpg",
+    "http://[::ffff:127.0.0.1]:{port}/a.jpg",
+    "http://[::ffff:7f00:1]:{port}/a.jpg",
+    "https://127.0.0.1:{port}/a.jpg",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://10.0.0.1/",
+    "http://192.168.1.1/",
+    "http://[fe80::1]/",
+]
+
+
+@pytest.mark.parametrize("template", REFUSED_OVER_GRPC)
+async def test_ssrf_refusals_over_grpc_reach_no_listener(origin, guarded_stub, template):
+    accepted = origin.accepted
+    url = template.format(port=origin.port)
+    for call in (
+        guarded_stub.ProcessImage(resize(url), timeout=30),
+        guarded_stub.DescribeImage(
+            pb.DescribeImageRequest(source=pb.ImageSource(url=url)), timeout=30
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        reason, metadata, _ = rich_status(raised.value)
+        assert reason == "SOURCE_FORBIDDEN"
+        assert metadata["cause"] == "address_refused"
+        shown = (raised.value.details() or "") + repr(metadata)
+        for revealing in ("127.0", "::1", "169.254", "10.0", "192.168", "fe80", "fd00"):
+            assert revealing not in shown
+    assert origin.accepted == accepted  # not one connection reached the loopback origin
+
+
+async def test_a_gzip_bomb_source_is_not_inflated(origin, url_stub):
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    origin.routes["/bomb.jpg"] = static(
+        200, bomb, {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await url_stub.ProcessImage(resize(origin.url("/bomb.jpg")), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rich_status(raised.value)[0] == "IMAGE_FORMAT_UNRECOGNIZED"

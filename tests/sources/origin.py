@@ -8,6 +8,7 @@ SSRF tests prove that a refused fetch never reached it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -40,12 +41,15 @@ class Origin:
     requests: list[Request] = field(default_factory=list)
     routes: dict[str, Handler] = field(default_factory=dict)
     server: asyncio.Server | None = None
+    # Set: the origin speaks https with this context's certificate.
+    tls: ssl.SSLContext | None = None
 
     def url(self, path: str = "/", host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, self.host, 0)
+        self.server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:

@@ -4,6 +4,8 @@ redirects, the allow-list, and the SSRF guard with connections counted on the li
 from __future__ import annotations
 
 import asyncio
+import gzip
+import ssl
 import time
 
 import grpc
@@ -20,7 +22,8 @@ from imagesvc.settings import Settings
 from imagesvc.sources.guard import AddressPolicy
 from imagesvc.sources.url import UrlFetcher, UrlProblem, canonical, normalize_url
 from tests.sources.conftest import MapResolver
-from tests.sources.origin import Request, redirect, respond, sample_jpeg, static
+from tests.sources.origin import Origin, Request, redirect, respond, sample_jpeg, static
+from tests.tls_certs import CertificateAuthority
 
 JPEG = sample_jpeg()
 LOOPBACK_OK = {"allow_loopback_source_addresses": True}
@@ -484,3 +487,77 @@ async def test_fetch_source_returns_the_validators_and_a_conditional_304(origin,
     # A 304 nobody asked for is no answer.
     with pytest.raises(SourceUnreachable):
         await fetcher.fetch_source(origin.url("/same.jpg"), soon())
+
+
+# --- https origins and compressed bodies -------------------------------------------------------
+
+
+@pytest.fixture
+async def https_origin(tmp_path):
+    authority = CertificateAuthority(tmp_path, "origin CA")
+    issued = authority.issue("localhost", names=("localhost", "127.0.0.1"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert_path, issued.key_path)
+    server = Origin(tls=context)
+    await server.start()
+    server.routes["/a.jpg"] = static(200, JPEG, {"Content-Type": "image/jpeg", "ETag": '"v1"'})
+    yield server, authority
+    await server.close()
+
+
+async def test_https_origin_trusted_through_the_ca_setting(https_origin, make_fetcher):
+    origin, authority = https_origin
+    fetcher = make_fetcher(source_ca_path=str(authority.cert_path), **LOOPBACK_OK)
+    fetched = await fetcher.fetch_source(origin.url("/a.jpg"), soon())
+    assert fetched.data == JPEG and fetched.etag == '"v1"'
+    # By name too: the certificate names localhost, and the name is what is verified.
+    assert await fetcher.fetch(origin.url("/a.jpg", host="localhost"), soon()) == JPEG
+
+
+async def test_https_origin_with_an_untrusted_certificate_is_refused(https_origin, make_fetcher):
+    origin, _ = https_origin
+    fetcher = make_fetcher(**LOOPBACK_OK)  # the system CAs only: the test CA is unknown
+    with pytest.raises(SourceUnreachable) as raised:
+        await fetcher.fetch(origin.url("/a.jpg"), soon())
+    assert raised.value.metadata["cause"] == "tls_certificate"
+    assert raised.value.retry_after_s is None  # the same certificate would come back
+    assert origin.requests == []  # no request was sent over the unverified connection
+
+
+async def test_https_certificate_for_another_name_is_refused(tmp_path, make_fetcher):
+    authority = CertificateAuthority(tmp_path, "origin CA")
+    issued = authority.issue("images.example.com")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert_path, issued.key_path)
+    origin = Origin(tls=context)
+    await origin.start()
+    origin.routes["/a.jpg"] = static(200, JPEG)
+    try:
+        fetcher = make_fetcher(source_ca_path=str(authority.cert_path), **LOOPBACK_OK)
+        with pytest.raises(SourceUnreachable) as raised:
+            await fetcher.fetch(origin.url("/a.jpg"), soon())
+        assert raised.value.metadata["cause"] == "tls_certificate"
+    finally:
+        await origin.close()
+
+
+def test_an_unloadable_ca_bundle_fails_the_settings(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    for path in (bad, tmp_path / "missing.pem"):
+        with pytest.raises(ValueError, match="cannot load the CA bundle"):
+            Settings(source_ca_path=str(path))
+
+
+async def test_a_gzip_bomb_is_read_as_sent_never_inflated(origin, make_fetcher):
+    """A body sent with Content-Encoding: gzip that would inflate to 64 MiB: the fetch returns
+    the compressed bytes as they came (a few tens of KiB), within a 1 MiB limit it would blow
+    through if it were inflated."""
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    assert len(bomb) < 256 << 10
+    origin.routes["/bomb.jpg"] = static(
+        200, bomb, {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}
+    )
+    fetcher = make_fetcher(max_source_bytes=1 << 20, **LOOPBACK_OK)
+    assert await fetcher.fetch(origin.url("/bomb.jpg"), soon()) == bomb
+    assert origin.requests[-1].headers["accept-encoding"] == "identity"
