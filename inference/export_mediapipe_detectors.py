@@ -31,7 +31,10 @@ exact pins, ``--no-deps``) this script shares:
    outputs ``regressors``/``classificators`` and a dynamic batch. Constant weights are read from
    the flatbuffer; the float16 and sparse ones are taken from LiteRT itself after it folded
    their ``DEQUANTIZE``/``DENSIFY`` (so the ONNX holds exactly the float32 weights LiteRT runs).
-   Anything outside that op set fails the export.
+   Anything outside that op set fails the export. (`inference.export_selfie_segmentation`
+   uses the same converter, which also maps ``HARD_SWISH``, ``MUL``, ``AVERAGE_POOL_2D``,
+   ``LOGISTIC``, ``RELU`` and ``TRANSPOSE_CONV`` for it; none occurs in these two graphs,
+   whose ONNX bytes are unchanged by them.)
 3. Reference outputs from LiteRT (``ai-edge-litert``) on random inputs and real photographs.
 
 Back in the project's interpreter the ONNX files run with the project's onnxruntime, alone and
@@ -425,9 +428,24 @@ def _same_pads(in_size: int, kernel: int, stride: int, dilation: int) -> tuple[i
     return total // 2, total - total // 2
 
 
-def convert_tflite(tflite_path: Path, out_path: Path, repo_name: str, doc: str) -> dict:
+def convert_tflite(
+    tflite_path: Path,
+    out_path: Path,
+    repo_name: str,
+    doc: str,
+    *,
+    output_names: tuple[str, ...] | None = None,
+    producer: str = "inference/export_mediapipe_detectors.py",
+    source_sha256: str | None = None,
+) -> dict:
     """Convert ``tflite_path`` to ONNX at ``out_path`` (see the module docstring). Returns
-    the TFLite op counts."""
+    the TFLite op counts.
+
+    ``output_names``: the ONNX names of the TFLite graph's outputs, in its order (rank-4
+    outputs are transposed back to NHWC); by default the detectors' ``regressors`` (widest)
+    and ``classificators``. ``source_sha256`` (default: ``tflite_path``'s) is recorded in the
+    model's properties, for a ``tflite_path`` rewritten from the shipped file
+    (`inference.export_selfie_segmentation`)."""
     import collections
 
     import numpy as np
@@ -671,6 +689,75 @@ def convert_tflite(tflite_path: Path, out_path: Path, repo_name: str, doc: str) 
                 helper.make_node("Concat", [value_name(i) for i in inputs], [out], axis=axis)
             )
             activation(out, opts.FusedActivationFunction())
+        elif name in ("RELU", "LOGISTIC") and len(inputs) == 1:
+            onnx_op = {"RELU": "Relu", "LOGISTIC": "Sigmoid"}[name]
+            nodes.append(helper.make_node(onnx_op, [value_name(x)], [out]))
+        elif name == "HARD_SWISH":
+            # x * relu6(x + 3) / 6; ONNX's HardSwish needs opset 14, HardSigmoid is opset 6.
+            gate = out + "_gate"
+            nodes.append(
+                helper.make_node("HardSigmoid", [value_name(x)], [gate], alpha=1 / 6, beta=0.5)
+            )
+            nodes.append(helper.make_node("Mul", [value_name(x), gate], [out]))
+        elif name == "MUL":
+            # Rank-4 activations, the second one broadcast over height and width (the
+            # squeeze-and-excitation gates: [1, H, W, C] x [1, 1, 1, C]).
+            first, second = (shape(i) for i in inputs)
+            broadcast = second[:1] + [1, 1] + second[3:] == second and second[3] == first[3]
+            if any(i not in rank4 for i in inputs) or not (first == second or broadcast):
+                raise SystemExit(f"{tflite_path}: MUL of {[shape(i) for i in inputs]}")
+            opts = options(op, tflite.MulOptions)
+            nodes.append(helper.make_node("Mul", [value_name(i) for i in inputs], [out]))
+            activation(out, opts.FusedActivationFunction())
+        elif name == "AVERAGE_POOL_2D":
+            opts = options(op, tflite.Pool2DOptions)
+            kernel = (opts.FilterHeight(), opts.FilterWidth())
+            nodes.append(
+                helper.make_node(
+                    "AveragePool",
+                    [value_name(x)],
+                    [out],
+                    kernel_shape=list(kernel),
+                    strides=[opts.StrideH(), opts.StrideW()],
+                    pads=spatial_pads(opts, x, kernel),
+                    count_include_pad=0,  # TFLite averages over the valid pixels only
+                )
+            )
+            activation(out, opts.FusedActivationFunction())
+        elif name == "TRANSPOSE_CONV":
+            # Inputs: output shape, weights [O, kh, kw, I], input, optional bias [O].
+            opts = options(op, tflite.TransposeConvOptions)
+            x = inputs[2]
+            weight = constant(inputs[1]).astype(np.float32)
+            out_channels, kh, kw, _ = weight.shape
+            out_shape = [int(v) for v in constant(inputs[0]).tolist()]
+            _, in_h, in_w, _ = shape(x)
+            if out_shape != shape(outputs[0]) or out_shape[3] != out_channels:
+                raise SystemExit(f"{tflite_path}: TRANSPOSE_CONV to {out_shape}")
+            pads = []
+            for size, kernel, stride, out_size in (
+                (in_h, kh, opts.StrideH(), out_shape[1]),
+                (in_w, kw, opts.StrideW(), out_shape[2]),
+            ):
+                total = (size - 1) * stride + kernel - out_size  # TFLite's padding
+                if total < 0 or (opts.Padding() == tflite.Padding.VALID and total):
+                    raise SystemExit(f"{tflite_path}: TRANSPOSE_CONV {size} -> {out_size}")
+                pads.append((total // 2, total - total // 2))
+            bias = len(inputs) > 3 and inputs[3] >= 0
+            node_inputs = [value_name(x), init(f"t{inputs[1]}_iohw", weight.transpose(3, 0, 1, 2))]
+            if bias:
+                node_inputs.append(init(f"t{inputs[3]}", constant(inputs[3]).astype(np.float32)))
+            nodes.append(
+                helper.make_node(
+                    "ConvTranspose",
+                    node_inputs,
+                    [out],
+                    kernel_shape=[kh, kw],
+                    strides=[opts.StrideH(), opts.StrideW()],
+                    pads=[pads[0][0], pads[1][0], pads[0][1], pads[1][1]],
+                )
+            )
+            activation(out, opts.FusedActivationFunction())
         else:
             raise SystemExit(f"{tflite_path}: TFLite op {name} is not supported here")
         if len(shape(outputs[0])) == 4:
@@ -678,8 +765,23 @@ def convert_tflite(tflite_path: Path, out_path: Path, repo_name: str, doc: str) 
 
     # Outputs: regressors (num_coords wide) first, then classificators (1 wide).
     graph_outputs = graph.OutputsAsNumpy().tolist()
-    ordered = sorted(graph_outputs, key=lambda i: -shape(i)[-1])
-    renames = {value_name(ordered[0]): "regressors", value_name(ordered[1]): "classificators"}
+    if output_names is None:
+        ordered = sorted(graph_outputs, key=lambda i: -shape(i)[-1])
+        output_names = ("regressors", "classificators")
+    else:
+        ordered = graph_outputs
+        if len(output_names) != len(ordered):
+            raise SystemExit(f"{tflite_path}: {len(ordered)} outputs, named {output_names}")
+        for index in ordered:  # back to NHWC, as TFLite declares them
+            if index in rank4:
+                nchw = value_name(index) + "_nchw"
+                for node in nodes:
+                    node.output[:] = [nchw if n == value_name(index) else n for n in node.output]
+                    node.input[:] = [nchw if n == value_name(index) else n for n in node.input]
+                nodes.append(
+                    helper.make_node("Transpose", [nchw], [value_name(index)], perm=_NCHW_TO_NHWC)
+                )
+    renames = {value_name(i): n for i, n in zip(ordered, output_names, strict=True)}
     for node in nodes:
         node.output[:] = [renames.get(n, n) for n in node.output]
         node.input[:] = [renames.get(n, n) for n in node.input]
@@ -691,7 +793,7 @@ def convert_tflite(tflite_path: Path, out_path: Path, repo_name: str, doc: str) 
         nodes,
         repo_name,
         [declared("input", input_shape)],
-        [declared("regressors", shape(ordered[0])), declared("classificators", shape(ordered[1]))],
+        [declared(n, shape(i)) for i, n in zip(ordered, output_names, strict=True)],
         initializer=[
             numpy_helper.from_array(initializers[name], name) for name in sorted(initializers)
         ],
@@ -699,11 +801,12 @@ def convert_tflite(tflite_path: Path, out_path: Path, repo_name: str, doc: str) 
     onnx_model = helper.make_model(
         onnx_graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="inference/export_mediapipe_detectors.py",
+        producer_name=producer,
         doc_string=doc,
         ir_version=IR_VERSION,
     )
-    helper.set_model_props(onnx_model, {"source_tflite_sha256": _sha256(tflite_path)})
+    source_sha256 = source_sha256 or _sha256(tflite_path)
+    helper.set_model_props(onnx_model, {"source_tflite_sha256": source_sha256})
     onnx.checker.check_model(onnx_model, full_check=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(out_path))

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from inference import export_blazeface, export_mediapipe_detectors
+from inference import export_blazeface, export_mediapipe_detectors, export_selfie_segmentation
 from inference.blazeface import VARIANTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,8 +54,10 @@ def test_configs_are_what_the_export_writes(name, variant, device):
 def test_the_config_files_are_every_models_cpu_and_gpu_config():
     models = sorted(p.name for p in REPOSITORY.iterdir() if p.is_dir())
     other = [name for name, *_ in export_mediapipe_detectors.MODELS]
-    # autoquality: trained and exported by inference/training/autoquality/train.py.
-    assert models == sorted(IDS + other + ["autoquality"]), "every model has an exporter"
+    # autoquality: trained and exported by inference/training/autoquality/train.py;
+    # selfie_segmentation: by inference/export_selfie_segmentation.py.
+    others = ["autoquality", export_selfie_segmentation.MODEL_NAME]
+    assert models == sorted(IDS + other + others), "every model has an exporter"
     assert [p.relative_to(REPOSITORY).as_posix() for p in CONFIG_FILES] == [
         f"{model}/config.pbtxt" for model in models
     ] + [f"{model}/configs/gpu.pbtxt" for model in models]

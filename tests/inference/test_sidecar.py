@@ -156,6 +156,7 @@ def test_the_real_repository_derives_to_python_backend_models(tmp_path):
         "blazeface_short_range",
         "palm_detection_full",
         "pose_detection",
+        "selfie_segmentation",
     ]
     cpu = model_config_pb2.ModelInstanceGroup.KIND_CPU
     for name in names:
@@ -283,6 +284,7 @@ def test_the_session_sidecar_serves_every_model(triton_sidecar):
         "blazeface_short_range",
         "palm_detection_full",
         "pose_detection",
+        "selfie_segmentation",
     ]
     assert triton_sidecar.grpc_url.startswith("127.0.0.1:")
     assert _get(f"http://{triton_sidecar.http_url}/v2/health/ready")[0] == 200
