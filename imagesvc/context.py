@@ -10,6 +10,7 @@ import pyvips
 
 from imagesvc.errors import Cancelled, DeadlineExceeded
 from imagesvc.geometry import Affine, Box
+from imagesvc.regions.masks import RegionMap
 from imagesvc.settings import Settings
 
 
@@ -47,6 +48,11 @@ class StepContext:
     in_memory: bool = False
     objects: list[DetectedObject] | None = None  # None: detection has not run
     detection_failure: str | None = None  # reason when detection was unavailable
+    # Background / skin / clothes (imagesvc.regions.masks.RegionMap), when the request needs
+    # them and segmentation ran; set before ``objects`` (a step needing regions needs
+    # detections too, and waits for those).
+    regions: RegionMap | None = None
+    regions_failure: str | None = None  # reason when segmentation was unavailable
     # Class weights from the detection models' classes files (object gravity's defaults).
     class_weights: Mapping[str, float] = field(default_factory=dict)
     degradations: list[Degradation] = field(default_factory=list)

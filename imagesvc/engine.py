@@ -6,7 +6,9 @@ stretch of steps, with the deadline checked between steps. A request that needs 
 starts them as soon as its header is checked: the detector's input is a shrink-on-load decode
 of the source (the one DescribeImage makes), and Triton is awaited on the event loop while the
 steps that do not need detections run, so a slow Triton never holds a CPU worker. Detections are
-cached by the source bytes (``imagesvc.detection_cache``).
+cached by the source bytes (``imagesvc.detection_cache``). A request that needs regions
+(segmentation: ``ProcessRequest.needs_regions``) has the same input segmented beside detection,
+and its region map (``StepContext.regions``) is set before its detections.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from imagesvc.context import Degradation, DetectedObject, StepContext
 from imagesvc.detection_cache import CacheKey, DetectionCache
 from imagesvc.encoding.encoder import EncodeResult, EncodingReportValues, encode_output
 from imagesvc.encoding.ml import TritonQualityPredictor
+from imagesvc.encoding.regions import RegionWeights
 from imagesvc.encoding.savers import source_palette
 from imagesvc.encoding.search import GuessHistory
 from imagesvc.errors import ImageSvcError, ImageTooLarge, Overloaded, ResponseTooLarge
@@ -36,7 +39,11 @@ from imagesvc.geometry import Affine, Box
 from imagesvc.ops import auto_rotate, resize
 from imagesvc.ops.auto_rotate import orientation_transform
 from imagesvc.ops.background import flatten
+from imagesvc.ops.segmentation_regions import NOT_CONFIGURED, SEGMENTATION_UNAVAILABLE, failure_text
 from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest, SourceBytes, SourceUrl
+from imagesvc.regions import masks
+from imagesvc.regions.masks import RegionMap
+from imagesvc.regions.skin import skin_probability
 from imagesvc.settings import Settings
 from imagesvc.telemetry.metrics import Metrics
 from inference import face_refine
@@ -80,6 +87,18 @@ class Detector(Protocol):
     # (inference.client.Detector.face_hints): face-like boxes a cheap probe of the first
     # input finds, only counted, that decide the pass when the first found no face; without
     # it the pass runs on the size rule alone (face_refine.needs_tiled_pass).
+
+
+class Segmenter(Protocol):
+    """The person segmentation model (`inference.segmentation_client.PersonSegmenter`)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    async def segment(self, rgb: np.ndarray, *, timeout_s: float | None = None) -> np.ndarray:
+        """The person probability of every pixel of ``rgb``: float32 H x W in [0, 1]; raises
+        InferenceError (InferenceUnavailable) when Triton fails."""
+        ...
 
 
 def can_tile(detector: Detector | None) -> bool:
@@ -131,6 +150,17 @@ class ProcessResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentationSummary:
+    """DescribeImage's segmentation: class shares at the analysis size, the class map as a
+    PNG (when asked for; else empty), the model and how skin was told."""
+
+    shares: dict[str, float]
+    mask_png: bytes
+    model: str
+    skin_model: str
+
+
+@dataclass(frozen=True, slots=True)
 class DescribeResult:
     format: str
     width: int
@@ -141,6 +171,7 @@ class DescribeResult:
     pages: int
     objects: tuple[DetectedObject, ...]
     degradations: tuple[Degradation, ...]
+    segmentation: SegmentationSummary | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,12 +415,16 @@ class Engine:
         detector: Detector | None,
         metrics: Metrics,
         quality_model=None,
+        segmenter: Segmenter | None = None,
     ) -> None:
         """``quality_model``: the ML autoquality method's Triton client
         (``inference.autoquality_client.QualityPredictor``); None: ML searches by DSSIM,
-        degraded."""
+        degraded. ``segmenter``: the person segmentation model's client
+        (``inference.segmentation_client.PersonSegmenter``); None: segmentation is not
+        configured (every need of it degrades, or fails by its policy)."""
         self.settings = settings
         self.detector = detector
+        self.segmenter = segmenter
         self.metrics = metrics
         self.quality_model = quality_model
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -541,12 +576,16 @@ class Engine:
         header = open_header(request.data, settings)
         shrink = plan_shrink_on_load(header, request.pipelines, auto_rotate=settings.auto_rotate)
         key = cached = detection = None
-        if request.needs_detections and self.detector is not None:
-            if self.cache.enabled:
+        # Regions (segmentation) need the detector's input even when the detections are
+        # cached or there is no detector: they segment the same image.
+        regions = request.needs_regions
+        detects = (request.needs_detections or regions) and self.detector is not None
+        if detects or regions:
+            if detects and self.cache.enabled:
                 key = CacheKey.of(request.data, request.detection_classes, self._detector_identity)
                 cached = self.cache.get(key)
                 self.metrics.detection_cache(cached is not None)
-            if cached is None:
+            if cached is None or regions:
                 side = settings.detection_max_side
                 factor = preview_shrink(header, side)
                 width, height = _shrunk(header.size, factor)
@@ -554,7 +593,7 @@ class Engine:
                 shrink = factor if shared else shrink
                 detection = (factor, shared)
         tiled = None
-        if detection is not None:
+        if detection is not None and cached is None:
             tiled = self.tiled_input_plan(header, request.detection_classes)
         source = source_info(
             header, shrink, len(request.data), settings, detection, tiled[1] if tiled else None
@@ -651,6 +690,10 @@ class Engine:
                 run.next_op += 1
                 if step.replan_after:
                     self._replan(run, run.next_op - 1)
+            if request.needs_regions and ctx.objects is None:
+                # Region-aware autoquality: the encode waits for the regions (set before
+                # the detections, which the event loop awaits).
+                return run
             ctx.check_deadline()
             run.encoded = self._timed("encode", self._encode, run)
         except pyvips.Error as error:
@@ -688,6 +731,7 @@ class Engine:
             history=self._quality_history,
             watch=run.ctx.watch,
             predictor=self._quality_predictor(run),
+            regions=self._region_weights(run),
         )
         for reason, message in result.degradations:
             run.ctx.degrade(reason, "", message)
@@ -711,6 +755,22 @@ class Engine:
                 fmt, report.model_version, report.predicted_quality, report.quality
             )
         return result
+
+    def _region_weights(self, run: _Run) -> RegionWeights | None:
+        """The regions at the encoded image's size, when the output asks for region-aware
+        autoquality; None otherwise, and (degraded) when segmentation was unavailable."""
+        if run.request.output.regions is None:
+            return None
+        ctx = run.ctx
+        if ctx.regions is None:
+            ctx.degrade(
+                SEGMENTATION_UNAVAILABLE,
+                "",
+                f"{failure_text(ctx.regions_failure or NOT_CONFIGURED)}, "
+                "region-aware autoquality off: the whole image was held to the target",
+            )
+            return None
+        return RegionWeights(*ctx.regions.at(ctx.transform, run.image.width, run.image.height))
 
     def _quality_predictor(self, run: _Run) -> TritonQualityPredictor | None:
         """The ML method's predictor for this request (its deadline bounds the call), when
@@ -753,7 +813,7 @@ class Engine:
         deadline_timer = loop.call_later(max(0.0, deadline - time.monotonic()), ctx.kill)
         detection: asyncio.Future[None] | None = None
         try:
-            if request.needs_detections:
+            if request.needs_detections or request.needs_regions:
                 # Load in a hop of its own, so detection starts before the pipeline's steps.
                 run = await self._work(self._timed, "load", self._load, request, ctx, ctx=ctx)
                 detection = self._start_detection(run)
@@ -761,7 +821,7 @@ class Engine:
             else:
                 run = await self._work(self._advance, None, request, ctx, ctx=ctx)
             while run.encoded is None:
-                assert detection is not None  # _advance waits only for detections
+                assert detection is not None  # _advance waits only for detections (regions)
                 await detection
                 run = await self._work(self._advance, run, request, ctx, ctx=ctx)
         finally:
@@ -788,13 +848,14 @@ class Engine:
         (and ``ctx.detection_failure``) when they are known. The detector's input, when not
         made at load, is submitted to the pool now, ahead of the pipeline's next hop."""
         ctx = run.ctx
-        if self.detector is None:
-            ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
-            ctx.objects = []
-            return _done()
-        if run.cached is not None:
-            ctx.objects = self._in_pipeline_source(run.cached, run.header)
-            return _done()
+        if not run.request.needs_regions:
+            if self.detector is None:
+                ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
+                ctx.objects = []
+                return _done()
+            if run.cached is not None:
+                ctx.objects = self._in_pipeline_source(run.cached, run.header)
+                return _done()
         preview: asyncio.Future[np.ndarray]
         if run.preview is not None:
             preview = _done(run.preview)
@@ -822,12 +883,82 @@ class Engine:
         finally:
             await _settled(preview)
         run.preview = None
-        objects = await self._detect_objects(
-            rgb, run.header, run.request.data, run.request.detection_classes, run.cache_key, ctx
+        request = run.request
+        # Segmentation (when the request needs regions) on the same input, beside detection.
+        segmented = (
+            asyncio.ensure_future(self._segment(rgb, ctx)) if request.needs_regions else None
         )
-        # Set last (ctx.detection_failure is set by now): a worker thread running the
-        # pipeline's steps meanwhile goes on past the first step that needs them.
+        try:
+            if run.cached is not None:
+                objects = run.cached
+            else:
+                objects = await self._detect_objects(
+                    rgb, run.header, request.data, request.detection_classes, run.cache_key, ctx
+                )
+            if segmented is not None:
+                ctx.regions = await self._regions(rgb, objects, await segmented, run.header, ctx)
+        finally:
+            if segmented is not None:
+                await _settled(segmented)
+        # Set last (ctx.detection_failure, ctx.regions are set by now): a worker thread
+        # running the pipeline's steps meanwhile goes on past the first step that needs them.
         ctx.objects = self._in_pipeline_source(objects, run.header)
+
+    async def _segment(self, rgb: np.ndarray, ctx: StepContext) -> np.ndarray | None:
+        """The person probability of ``rgb`` (the detector's input); None when segmentation is
+        not configured or Triton failed (``ctx.regions_failure`` says why)."""
+        if self.segmenter is None:
+            ctx.regions_failure = NOT_CONFIGURED
+            return None
+        try:
+            return await self.segmenter.segment(rgb, timeout_s=max(ctx.remaining(), 0.0))
+        except InferenceError as error:
+            # Down, slow, or answering nonsense: the request still succeeds, degraded.
+            if not isinstance(error, InferenceUnavailable):
+                log.warning("segmentation_failed", reason=error.reason, error=str(error))
+            ctx.regions_failure = error.reason
+            return None
+
+    async def _regions(
+        self,
+        rgb: np.ndarray,
+        objects: Sequence[DetectedObject],
+        person: np.ndarray | None,
+        header: Header,
+        ctx: StepContext,
+    ) -> RegionMap | None:
+        """The regions of ``rgb`` from its person mask and the faces among ``objects``
+        (oriented source pixels), the skin model fitted on the worker pool; None without a
+        mask."""
+        if person is None:
+            return None
+        return await self._timed_step(
+            "segment_regions", ctx, self._region_map, rgb, objects, person, header
+        )
+
+    def _region_map(
+        self,
+        rgb: np.ndarray,
+        objects: Sequence[DetectedObject],
+        person: np.ndarray,
+        header: Header,
+    ) -> RegionMap:
+        width, height = header.oriented_size
+        to_rgb = Affine.scale(rgb.shape[1] / width, rgb.shape[0] / height)
+        faces = [to_rgb.box(o.box) for o in objects if o.class_name == "face"]
+        skin, model = skin_probability(rgb, faces, person)
+        # Regions are in oriented source pixels, as detections are (see _in_pipeline_source).
+        to_pipeline = Affine()
+        if not self.settings.auto_rotate and header.orientation != 1:
+            to_pipeline = orientation_transform(header.orientation, *header.size).inverse()
+        return RegionMap(
+            person,
+            skin,
+            header.oriented_size,
+            getattr(self.segmenter, "model_name", ""),
+            model.source,
+            to_pipeline,
+        )
 
     def _in_pipeline_source(
         self, objects: tuple[DetectedObject, ...], header: Header
@@ -982,25 +1113,40 @@ class Engine:
         deadline: float,
         *,
         classes: frozenset[str] | None = None,
+        segment: bool = False,
+        segmentation_mask: bool = False,
     ) -> DescribeResult:
         """The header; with ``detect``, the detections of ``classes`` (None: every class) in
         oriented source pixels, from the same detector input ProcessImage uses (and the same
-        cache)."""
+        cache); with ``segment``, the regions of that input (the faces among its detections
+        seed the skin model), and with ``segmentation_mask`` their class map as a PNG."""
         async with self.admitted():
             header = await self._work(open_header, data, self.settings)
             image = header.image
             pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
             objects: tuple[DetectedObject, ...] = ()
             degradations: tuple[Degradation, ...] = ()
-            if detect:
+            segmentation = None
+            if detect or segment:
                 ctx = StepContext(self.settings, deadline, header.oriented_size)
-                objects = await self._describe_detect(header, data, classes, ctx)
-                if ctx.detection_failure is not None:
+                # Segmentation asks for the faces too; only the classes asked for are returned.
+                wanted = classes if detect else frozenset({"face"})
+                if segment and wanted is not None:
+                    wanted = wanted | {"face"}
+                found, regions = await self._describe_detect(header, data, wanted, ctx, segment)
+                if detect:
+                    objects = tuple(o for o in found if classes is None or o.class_name in classes)
+                if detect and ctx.detection_failure is not None:
                     ctx.degrade(
                         "DETECTION_UNAVAILABLE",
                         "",
                         f"detection unavailable ({ctx.detection_failure}), no detections",
                     )
+                if segment and regions is None:
+                    failure = failure_text(ctx.regions_failure or NOT_CONFIGURED)
+                    ctx.degrade(SEGMENTATION_UNAVAILABLE, "", f"{failure}, no segmentation")
+                elif regions is not None:
+                    segmentation = await self._work(summarise, regions, segmentation_mask)
                 degradations = tuple(ctx.degradations)
                 for item in degradations:
                     self.metrics.degradation(item.reason, "describe")
@@ -1014,6 +1160,7 @@ class Engine:
                 pages=pages,
                 objects=objects,
                 degradations=degradations,
+                segmentation=segmentation,
             )
 
     async def _describe_detect(
@@ -1022,21 +1169,36 @@ class Engine:
         data: SourceBytes,
         classes: frozenset[str] | None,
         ctx: StepContext,
-    ) -> tuple[DetectedObject, ...]:
-        if self.detector is None:
+        segment: bool = False,
+    ) -> tuple[tuple[DetectedObject, ...], RegionMap | None]:
+        """The detections of ``classes``, and with ``segment`` the regions of the same
+        detector input (segmented beside detection; a cache hit still makes the input)."""
+        if self.detector is None and not segment:
             ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
-            return ()
+            return (), None
         loop = asyncio.get_running_loop()
         # Kills the detector's inputs (the tiled pass's too) when the deadline passes.
         deadline_timer = loop.call_later(max(0.0, ctx.remaining()), ctx.kill)
         try:
             key, cached, rgb = await self._timed_step(
-                "detect_prepare", ctx, self._describe_preview, header, data, classes, ctx
+                "detect_prepare", ctx, self._describe_preview, header, data, classes, ctx, segment
             )
-            if cached is not None:
-                return cached
+            if not segment:
+                if cached is not None:
+                    return cached, None
+                assert rgb is not None
+                return await self._detect_objects(rgb, header, data, classes, key, ctx), None
             assert rgb is not None
-            return await self._detect_objects(rgb, header, data, classes, key, ctx)
+            segmented = asyncio.ensure_future(self._segment(rgb, ctx))
+            try:
+                if cached is not None:
+                    objects = cached
+                else:
+                    objects = await self._detect_objects(rgb, header, data, classes, key, ctx)
+                regions = await self._regions(rgb, objects, await segmented, header, ctx)
+            finally:
+                await _settled(segmented)
+            return objects, regions
         finally:
             deadline_timer.cancel()
 
@@ -1046,17 +1208,29 @@ class Engine:
         data: SourceBytes,
         classes: frozenset[str] | None,
         ctx: StepContext,
+        always: bool = False,
     ) -> tuple[CacheKey | None, tuple[DetectedObject, ...] | None, np.ndarray | None]:
-        """Worker side: the cache's answer, else the detector's input."""
-        key = None
-        if self.cache.enabled:
+        """Worker side: the cache's answer, else (and ``always``) the detector's input."""
+        key = cached = None
+        if self.cache.enabled and self.detector is not None:
             key = CacheKey.of(data, classes, self._detector_identity)
             cached = self.cache.get(key)
             self.metrics.detection_cache(cached is not None)
-            if cached is not None:
+            if cached is not None and not always:
                 return key, cached, None
         shrink = preview_shrink(header, self.settings.detection_max_side)
-        return key, None, self._separate_preview(header, data, shrink, ctx)
+        return key, cached, self._separate_preview(header, data, shrink, ctx)
+
+
+def summarise(regions: RegionMap, with_mask: bool) -> SegmentationSummary:
+    """DescribeImage's segmentation of ``regions``, at the analysis size."""
+    classes = masks.labels(regions.person, regions.skin)
+    return SegmentationSummary(
+        masks.shares(classes),
+        masks.to_png(classes) if with_mask else b"",
+        regions.model,
+        regions.skin_model,
+    )
 
 
 def _source_error(error: pyvips.Error, header: Header, ctx: StepContext) -> ImageSvcError:

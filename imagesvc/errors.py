@@ -145,6 +145,15 @@ class DetectionUnavailable(ImageSvcError):
     reason = "DETECTION_UNAVAILABLE"
 
 
+class SegmentationUnavailable(ImageSvcError):
+    """A segmentation operation could not segment the image (Triton down or slow, or
+    segmentation not configured) and its policy is to fail rather than return the image
+    unchanged; a retry after ``retry_after_s`` may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SEGMENTATION_UNAVAILABLE"
+
+
 class Expired(ImageSvcError):
     """The request's ``expires`` time has passed; checked before the source is fetched."""
 

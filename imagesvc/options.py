@@ -16,6 +16,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from imagesvc.encoding.spec import EncodingSpec, parse_encoding
+from imagesvc.encoding.regions import RegionSpec, parse_regions
 from imagesvc.errors import FieldViolation, InvalidRequest
 from imagesvc.settings import Settings
 from imagesvc.sources.objects import bucket_problem, key_problem, version_id_problem
@@ -283,6 +284,8 @@ class OutputSpec:
     keep_icc: bool = False
     # Autoquality, max_bytes, per-format options, best-format candidates; None: the settings'.
     encoding: EncodingSpec | None = None
+    # Region-aware autoquality (OutputOptions.regions), when enabled; None: off.
+    regions: RegionSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,10 +335,19 @@ class ProcessRequest:
         return any(op.spec.needs_detections(op.options) for p in self.pipelines for op in p)
 
     @property
+    def needs_regions(self) -> bool:
+        """Whether the request needs segmentation (imagesvc.regions): a step does, or the
+        output asks for region-aware autoquality. Regions need the faces too (they seed the
+        skin model)."""
+        return self.output.regions is not None or any(
+            op.spec.needs_regions(op.options) for p in self.pipelines for op in p
+        )
+
+    @property
     def detection_classes(self) -> frozenset[str] | None:
         """The classes the request's steps need detected; None: every class (or none needed:
-        ask needs_detections)."""
-        wanted: set[str] = set()
+        ask needs_detections). Regions add ``face`` (the skin model's seeds)."""
+        wanted: set[str] = {"face"} if self.needs_regions else set()
         for pipeline in self.pipelines:
             for op in pipeline:
                 if op.spec.needs_detections(op.options):
@@ -401,7 +413,8 @@ def parse_output(msg: pb.OutputOptions, pctx: ParseContext) -> OutputSpec:
         per_format[name] = fq.quality
     strip = msg.strip_metadata if msg.HasField("strip_metadata") else True
     encoding = parse_encoding(msg, pctx.settings, pctx.violations)
-    return OutputSpec(fmt, msg.quality or None, per_format, strip, msg.keep_icc, encoding)
+    regions = parse_regions(msg.regions, encoding.autoquality.method, pctx.violations)
+    return OutputSpec(fmt, msg.quality or None, per_format, strip, msg.keep_icc, encoding, regions)
 
 
 def parse_process_request(

@@ -325,6 +325,12 @@ class Settings(BaseSettings):
         description="Triton model of the ML autoquality method; empty: no model (ML then "
         "searches by DSSIM, reported as AUTOQUALITY_ML_UNAVAILABLE).",
     )
+    segmentation_model: str = Field(
+        "selfie_segmentation",
+        description="Triton model of person segmentation (blur_background, draw_segmentation, "
+        "DescribeImage segment, region-aware autoquality); empty: no segmentation (reported as "
+        "SEGMENTATION_UNAVAILABLE).",
+    )
     detection_score_threshold: float = Field(0.5, ge=0, le=1, description="Min face score.")
     detection_nms_threshold: float = Field(0.3, ge=0, le=1, description="Weighted-NMS IoU.")
     # NoDecode: a comma-separated list of Triton model names, split by the validator below.

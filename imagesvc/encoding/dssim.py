@@ -331,6 +331,33 @@ class DssimReference:
                 sums += (strip * cropped[r0:r1]).sum(axis=(1, 2), dtype=np.float64)
         return float(self._weights @ (sums / total))
 
+    def weighted_ssims(self, decoded: pyvips.Image, weights: list[np.ndarray]) -> list[float]:
+        """``ssim(decoded, w)`` for every ``w`` of ``weights`` (HxW, >= 0, at output size),
+        the SSIM map computed once; strips where every weight is 0 are skipped. A weight map
+        summing to 0 inside the measured region gives NaN (no pixel of that region)."""
+        pixels = self._pixels(decoded)
+        p = self.pad
+        cropped = []
+        for w in weights:
+            w = np.asarray(w, dtype=np.float32)
+            if w.shape != (self.height, self.width):
+                raise ValueError(f"weights are {w.shape}, need {(self.height, self.width)}")
+            cropped.append(w[p : self.height - p, p : self.width - p])
+        totals = [float(c.sum(dtype=np.float64)) for c in cropped]
+        sums = [np.zeros(self.bands, dtype=np.float64) for _ in cropped]
+        for r0, r1 in self._strips():
+            self._check()
+            parts = [c[r0:r1] for c in cropped]
+            if not any(part.any() for part in parts):
+                continue
+            strip = self._strip_map(pixels, r0, r1)
+            for s, part in zip(sums, parts, strict=True):
+                s += (strip * part).sum(axis=(1, 2), dtype=np.float64)
+        return [
+            float(self._weights @ (s / total)) if total > 0 else float("nan")
+            for s, total in zip(sums, totals, strict=True)
+        ]
+
     def dssim(self, decoded: pyvips.Image, weights: np.ndarray | None = None) -> float:
         """DSSIM = (1 - SSIM) / 2 of a decoded encode of the reference (module docstring)."""
         return dssim_from_ssim(self.ssim(decoded, weights))

@@ -23,6 +23,8 @@ from imagesvc.encoding.ml import (
     QualityPrediction,
     QualityPredictor,
 )
+from imagesvc.encoding import regions as region_aware
+from imagesvc.encoding.regions import RegionMeasure, RegionWeights
 from imagesvc.encoding.search import DSSIM_AIM, fit_max_bytes, search_quality
 from imagesvc.encoding.savers import (
     WRITABLE_FORMATS,
@@ -90,6 +92,8 @@ class EncodingReportValues:
     near_lossless: bool = False
     predicted_quality: int = 0  # ML: the model's first guess for the returned format, else 0
     model_version: str = ""  # ML: the quality model that predicted it, else ""
+    # Region-aware autoquality: (region, DSSIM) for person, skin, clothes, background.
+    region_dssim: tuple[tuple[str, float], ...] = ()
 
     def to_proto(self) -> pb.EncodingReport:
         return pb.EncodingReport(
@@ -102,6 +106,7 @@ class EncodingReportValues:
             palette_colors=self.palette_colors,
             predicted_quality=self.predicted_quality,
             model_version=self.model_version,
+            region_dssim=[pb.RegionDssim(region=r, dssim=d) for r, d in self.region_dssim],
             candidates=[
                 pb.FormatCandidate(
                     format=ENUM_BY_FORMAT[c.format],
@@ -176,6 +181,7 @@ def encode_output(
     history=None,
     watch: Callable[[pyvips.Image], pyvips.Image] | None = None,
     predictor: QualityPredictor | None = None,
+    regions: RegionWeights | None = None,
 ) -> EncodeResult:
     """Encode the result image as ``output`` asks.
 
@@ -186,10 +192,14 @@ def encode_output(
     prior as it is; None: no prior. ``watch`` names the in-memory
     copy trial encodes read from (the engine's ``StepContext.watch``), so a deadline kills a
     running trial encode too. ``predictor``: the ML method's curves (None, or a predictor that
-    cannot answer: ML falls back to DSSIM, degraded).
+    cannot answer: ML falls back to DSSIM, degraded). ``regions``: the regions at ``image``'s
+    size, when ``output.regions`` asks for region-aware autoquality and segmentation ran (None:
+    plain autoquality; the engine reports why).
     """
     spec = output.encoding or EncodingSpec.from_settings(settings)
     job = _Job(output, spec, settings, source_palette, kill_check, history, watch, predictor)
+    if output.regions is not None and regions is not None:
+        job.regions = regions
     fmt = output_format(output, source_format)
     if fmt == BEST:
         return job.best(image)
@@ -204,6 +214,7 @@ class _Outcome:
     dssim: float = 0.0
     target_met: bool = True
     predicted_quality: int = 0
+    regions: tuple[tuple[str, float], ...] = ()  # region-aware: DSSIM by region
 
 
 class _Job:
@@ -232,6 +243,8 @@ class _Job:
         self.degradations: list[tuple[str, str]] = []
         self._references: dict[bool, object] = {}
         self._method: str | None = None
+        self.regions: RegionWeights | None = None  # set by encode_output when they apply
+        self._region_measure: RegionMeasure | None = None
 
     # --- what to do ---------------------------------------------------------------------
 
@@ -301,6 +314,10 @@ class _Job:
         params = self.params(fmt)
         method = self.method(image) if _quality_chosen(params) else "none"
         prepared, keep = prepare(image, fmt, self.output.keep_icc, self.output.strip_metadata)
+        if self.regions is not None:
+            filtered = self.with_regions(prepared)
+            if filtered is not None:
+                return self.single_regions(filtered, params, keep, method)
         if not self.searches(params, method):
             data = self.save(prepared, params, keep)
             outcome = _Outcome(data, params)
@@ -310,6 +327,77 @@ class _Job:
         prepared = self.in_memory(prepared)
         outcome = self.encode_searched(prepared, params, keep, method)
         return self.result(outcome, ())
+
+    # --- region-aware autoquality (imagesvc.encoding.regions) ---------------------------
+
+    def with_regions(self, prepared: pyvips.Image) -> pyvips.Image | None:
+        """The encoder input with its background pre-filtered, in memory, the region measure
+        set for the lossy searches; None when regions do not apply (the autoquality method is
+        not DSSIM or ML for this image, or no person is in it): plain autoquality."""
+        regions = self.regions
+        spec = self.output.regions
+        aq = self.spec.autoquality
+        if regions is None or spec is None or aq.method not in ("dssim", "ml"):
+            return None
+        megapixels = prepared.width * prepared.height / 1e6
+        if aq.max_resolution_mp > 0 and megapixels > aq.max_resolution_mp:
+            return None  # autoquality is skipped (reported by the search path)
+        if regions.person.shape != (prepared.height, prepared.width):
+            raise ValueError(
+                f"region masks are {regions.person.shape}, the image "
+                f"{prepared.height}x{prepared.width}"
+            )
+        if not region_aware.has_person(regions):
+            return None
+        plan = region_aware.plan(spec, aq.target, aq.allowed_error, prepared.width, prepared.height)
+        original = self.in_memory(prepared)
+        self.kill_check()
+        filtered = self.in_memory(region_aware.prefiltered(original, regions, plan))
+        # The DSSIM references are built at the first measure (lossless encodes need none).
+        self._region_measure = RegionMeasure(
+            original, filtered, regions, plan, check=self.kill_check
+        )
+        return filtered
+
+    def single_regions(
+        self, filtered: pyvips.Image, params: SaveParams, keep: str, method: str
+    ) -> EncodeResult:
+        """One format, regions applied: lossy formats search on the region measure, the
+        others encode the pre-filtered input."""
+        if not self.searches(params, method):
+            data = self.save(filtered, params, keep)
+            outcome = _Outcome(data, params)
+            if self.spec.max_bytes:
+                outcome.target_met = len(data) <= self.spec.max_bytes
+            return self.result(outcome, ())
+        outcome = self.region_outcome(self.encode_searched(filtered, params, keep, method))
+        return self.result(outcome, ())
+
+    def region_outcome(self, outcome: _Outcome) -> _Outcome:
+        """A searched outcome with its region report (person's DSSIM as achieved_dssim; the
+        target met when the person's and the background's are, and max_bytes)."""
+        measure = self._region_measure
+        if measure is None or outcome.method not in ("dssim", "ml"):
+            return outcome
+        values = measure.regions(outcome.data)
+        max_bytes = self.spec.max_bytes
+        met = measure.meets(values) and not (max_bytes and len(outcome.data) > max_bytes)
+        return _Outcome(
+            outcome.data,
+            outcome.params,
+            outcome.method,
+            values.get("person", 0.0),
+            met,
+            outcome.predicted_quality,
+            tuple(values.items()),
+        )
+
+    def dssim_measure(self, prepared: pyvips.Image):
+        """What DSSIM searches measure: the region measure when regions apply, else the
+        whole image's DSSIM."""
+        if self._region_measure is not None:
+            return self._region_measure
+        return self.reference(prepared)
 
     def in_memory(self, image: pyvips.Image) -> pyvips.Image:
         """The image computed once into memory (several encodes read it)."""
@@ -362,7 +450,7 @@ class _Job:
             if not (max_bytes and len(data) > max_bytes >= len(outcome.data)):
                 dssim = outcome.dssim
                 if outcome.method in ("dssim", "ml"):
-                    dssim = self.reference(prepared).dssim_of(data)
+                    dssim = self.dssim_measure(prepared).dssim_of(data)
                 met = outcome.target_met and not (max_bytes and len(data) > max_bytes)
                 outcome = _Outcome(
                     data, outcome.params, outcome.method, dssim, met, outcome.predicted_quality
@@ -403,7 +491,7 @@ class _Job:
         aq = self.spec.autoquality
         low, high = aq.bounds(params.format)
         kind = "size" if method == "size" else "dssim"
-        measure = len if kind == "size" else self.reference(prepared)
+        measure = len if kind == "size" else self.dssim_measure(prepared)
         allowed_error = SIZE_ALLOWED_ERROR if kind == "size" else aq.allowed_error
         options = dict(
             target=aq.target,
@@ -416,18 +504,24 @@ class _Job:
         # The cheap estimate: a sampled mosaic of the image, encoded with the same options
         # (imagesvc.encoding.sample). Its encodes are not counted in ``encodes`` (saves of
         # the result); the search reports their cost in encodes (estimate_cost).
-        estimator = sample.estimator(
-            prepared,
-            kind,
-            lambda image, quality: save(image, replace(params, quality=quality), keep),
-            check=self.kill_check,
-            fixed_key=(replace(params, quality=0), keep),
+        # Not for regions: the mosaic's DSSIM is the whole image's, not the regions'.
+        estimator = (
+            None
+            if self._region_measure is not None
+            else sample.estimator(
+                prepared,
+                kind,
+                lambda image, quality: save(image, replace(params, quality=quality), keep),
+                check=self.kill_check,
+                fixed_key=(replace(params, quality=0), keep),
+            )
         )
         if estimator is not None:
             options.update(estimate=estimator, estimate_cost=estimator.cost)
         history = self.history
         if history is not None and hasattr(history, "search"):
-            key = history.key(params.format, prepared.width, prepared.height, method)
+            key_method = "regions" if self._region_measure is not None else method
+            key = history.key(params.format, prepared.width, prepared.height, key_method)
             scale = float(prepared.width * prepared.height) if kind == "size" else 1.0
             found = history.search(key, encode, measure, kind=kind, scale=scale, **options)
         else:
@@ -480,7 +574,7 @@ class _Job:
         guess = prediction.quality_for(fmt, aim, low, high)
         found = search_quality(
             encode,
-            self.reference(prepared),
+            self.dssim_measure(prepared),
             kind="dssim",
             target=aq.target,
             low=low,
@@ -512,7 +606,7 @@ class _Job:
         found = fit_max_bytes(encode, outcome.data, params.quality, max_bytes)
         dssim = 0.0
         if outcome.method in ("dssim", "ml"):
-            dssim = self.reference(prepared).dssim_of(found.data)
+            dssim = self.dssim_measure(prepared).dssim_of(found.data)
         aq = self.spec.autoquality
         # The autoquality target may no longer hold at the lower quality: report both.
         if outcome.method in ("dssim", "ml"):
@@ -538,6 +632,10 @@ class _Job:
         # One prepared copy in memory for every candidate (jpeg flattens it lazily).
         base, keep = prepare(image, "png", self.output.keep_icc, self.output.strip_metadata)
         base = self.in_memory(base)
+        if self.regions is not None:
+            # Every candidate encodes the pre-filtered input; the lossy ones search on the
+            # region measure.
+            base = self.with_regions(base) or base
         if limit > 0 and megapixels > limit:
             measured = None
             names = formats[:1]
@@ -587,7 +685,8 @@ class _Job:
             prepared, _ = prepare(base, fmt, True, False)  # flatten for jpeg; profile handled
             method = self.method(base) if _quality_chosen(params) else "none"
             if self.searches(params, method):
-                out.append(self.encode_searched(prepared, params, keep, method))
+                outcome = self.encode_searched(prepared, params, keep, method)
+                out.append(self.region_outcome(outcome))
             else:
                 data = self.save(prepared, params, keep)
                 met = not (self.spec.max_bytes and len(data) > self.spec.max_bytes)
@@ -616,6 +715,7 @@ class _Job:
             near_lossless=params.near_lossless and not params.lossless,
             predicted_quality=outcome.predicted_quality,
             model_version=self.model_version if outcome.method == "ml" else "",
+            region_dssim=outcome.regions,
         )
         return EncodeResult(outcome.data, params.format, report, list(self.degradations))
 
@@ -633,6 +733,7 @@ def replace_params(outcome: _Outcome, **changes) -> _Outcome:
         outcome.dssim,
         outcome.target_met,
         outcome.predicted_quality,
+        outcome.regions,
     )
 
 

@@ -14,10 +14,12 @@ from imagesvc.ops import (
     auto_rotate,
     background,
     blur,
+    blur_background,
     blur_detections,
     crop,
     crop_objects,
     draw_detections,
+    draw_segmentation,
     flip,
     pixelate,
     pixelate_detections,
@@ -50,6 +52,10 @@ class OpSpec:
     # Optional, for a step that needs detections: the part of its work that does not depend
     # on them, run (into memory) while they are awaited; ``run`` then takes its output.
     prepare: Step | None = None
+    # Whether the step needs the regions (``StepContext.regions``: segmentation and the skin
+    # model). Such a step needs detections too (faces seed the skin model): the engine sets
+    # regions before detections, so waiting for detections waits for both.
+    needs_regions: Callable[[Any], bool] = _never
 
 
 def _spec(module: Any) -> OpSpec:
@@ -60,6 +66,7 @@ def _spec(module: Any) -> OpSpec:
         getattr(module, "needs_detections", _never),
         getattr(module, "detection_classes", _own_classes),
         getattr(module, "prepare", None),
+        getattr(module, "needs_regions", _never),
     )
 
 
@@ -77,4 +84,6 @@ OPS: Mapping[str, OpSpec] = {
     "blur_detections": _spec(blur_detections),
     "pixelate_detections": _spec(pixelate_detections),
     "crop_objects": _spec(crop_objects),
+    "blur_background": _spec(blur_background),
+    "draw_segmentation": _spec(draw_segmentation),
 }

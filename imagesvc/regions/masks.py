@@ -29,6 +29,10 @@ class RegionMap:
     skin: np.ndarray  # float32 H x W in [0, 1]: skin given person (not yet multiplied)
     source_size: tuple[int, int]  # oriented source width, height
     model: str = ""  # the segmentation model's name
+    skin_model: str = ""  # how skin was told: SkinModel.source, "faces" or "prior"
+    # Oriented source pixels -> the pipeline's source pixels: identity, unless the load
+    # leaves the EXIF orientation to the pipeline (IMAGESVC_AUTO_ROTATE off).
+    to_pipeline: Affine = Affine()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -40,7 +44,7 @@ class RegionMap:
         to_source = Affine.scale(
             self.source_size[0] / self.size[0], self.source_size[1] / self.size[1]
         )
-        mapping = to_source.then(transform)
+        mapping = to_source.then(self.to_pipeline).then(transform)
         return (
             map_plane(self.person, mapping, width, height),
             map_plane(self.skin, mapping, width, height),

@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -47,6 +47,8 @@ from imagesvc.telemetry.metrics import FanOutMetrics, Metrics, PrometheusMetrics
 from imagesvc.v1 import image_service_pb2 as pb
 from inference.autoquality_client import QualityPredictor
 from inference.client import FaceDetector, shipped_models
+from inference.segmentation import SELFIE_SEGMENTATION
+from inference.segmentation_client import PersonSegmenter
 from inference.yolo import model_from_settings as yolo_model_from_settings
 
 VERSION = "0.1.0"
@@ -66,6 +68,7 @@ class RunningServer:
     trimmer: memory.MemoryTrimmer
     fetcher: UrlFetcher | None = None
     object_fetcher: ObjectFetcher | None = None
+    segmenter: PersonSegmenter | None = None
 
     async def drain(self) -> None:
         """Report NOT_SERVING for every service, for good; RPCs are still served."""
@@ -83,6 +86,8 @@ class RunningServer:
         await self.detector.close()
         if self.quality_model is not None:
             await self.quality_model.close()
+        if self.segmenter is not None:
+            await self.segmenter.close()
         self.engine.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
@@ -204,7 +209,7 @@ def _start_metrics_server(settings: Settings, registry: CollectorRegistry | None
     return server
 
 
-async def _abandon(server, metrics_server, detector, quality_model, engine) -> None:
+async def _abandon(server, metrics_server, detector, quality_model, engine, segmenter=None) -> None:
     """Undo a start that failed after its ports were bound."""
     await server.stop(None)
     if metrics_server is not None:
@@ -212,6 +217,8 @@ async def _abandon(server, metrics_server, detector, quality_model, engine) -> N
     await detector.close()
     if quality_model is not None:
         await quality_model.close()
+    if segmenter is not None:
+        await segmenter.close()
     engine.close()
 
 
@@ -286,11 +293,21 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             on_inference=metrics.inference,
             model_name=settings.autoquality_ml_model,
         )
-    engine = Engine(settings, detector, metrics, quality_model)
+    # Person segmentation too (IMAGESVC_SEGMENTATION_MODEL; empty: none).
+    segmenter = None
+    if settings.segmentation_model:
+        segmenter = PersonSegmenter(
+            settings.triton_url,
+            timeout_s=settings.triton_timeout_s,
+            breaker=detector.breaker,
+            on_inference=metrics.inference,
+            model=replace(SELFIE_SEGMENTATION, name=settings.segmentation_model),
+        )
+    engine = Engine(settings, detector, metrics, quality_model, segmenter=segmenter)
     try:
         presets.validate(loaded_presets, settings, engine.known_classes)
     except presets.PresetsError as error:
-        await _abandon(server, metrics_server, detector, quality_model, engine)
+        await _abandon(server, metrics_server, detector, quality_model, engine, segmenter)
         raise StartError(str(error)) from None
     # One connection pool for url sources, opened on the first fetch.
     fetcher = UrlFetcher(settings, on_fetch=lambda seconds: metrics.step("fetch_source", seconds))
@@ -341,6 +358,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         trimmer,
         fetcher,
         object_fetcher,
+        segmenter,
     )
 
 

@@ -224,7 +224,25 @@ class ImageServiceServicer:
         pctx.violations.raise_if_any()
         deadline = self._deadline(context)
         source = await self._source_bytes(data, deadline)
-        result = await self._engine.describe(source, request.detect, deadline, classes=classes)
+        result = await self._engine.describe(
+            source,
+            request.detect,
+            deadline,
+            classes=classes,
+            segment=request.segment,
+            segmentation_mask=request.segment and request.segmentation_mask,
+        )
+        segmentation = None
+        if result.segmentation is not None:
+            summary = result.segmentation
+            segmentation = pb.Segmentation(
+                background=summary.shares["background"],
+                skin=summary.shares["skin"],
+                clothes=summary.shares["clothes"],
+                mask_png=summary.mask_png,
+                model=summary.model,
+                skin_model=summary.skin_model,
+            )
         return pb.DescribeImageResponse(
             format=ENUM_BY_FORMAT.get(result.format, pb.IMAGE_FORMAT_UNSPECIFIED),
             width=result.width,
@@ -235,6 +253,7 @@ class ImageServiceServicer:
             pages=result.pages,
             detections=[_detection(obj) for obj in result.objects],
             degradations=[_degradation(item) for item in result.degradations],
+            segmentation=segmentation,
         )
 
     async def _source_bytes(

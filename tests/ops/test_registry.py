@@ -45,3 +45,29 @@ def test_detection_ops_need_detections(settings):
         assert OPS[name].needs_detections(OPS[name].parse(message, name, pctx)) is True
     for name in ("auto_rotate", "rotate", "flip", "background", "blur", "sharpen", "pixelate"):
         assert OPS[name].needs_detections(None) is False
+
+
+def test_segmentation_ops_need_regions_and_faces(settings):
+    from imagesvc.options import OutputSpec, PlannedOp, ProcessRequest
+
+    pctx = ParseContext(settings, frozenset({"face", "person"}), Violations())
+    for name in ("blur_background", "draw_segmentation"):
+        field = pb.Operation.DESCRIPTOR.fields_by_name[name]
+        options = OPS[name].parse(getattr(pb, field.message_type.name)(), name, pctx)
+        assert OPS[name].needs_regions(options) is True
+        assert OPS[name].needs_detections(options) is True
+        assert OPS[name].detection_classes(options) == frozenset({"face"})
+        # Beside a step that wants persons, the request asks for both.
+        draw = OPS["draw_detections"]
+        persons = draw.parse(pb.DrawDetections(classes=["person"]), "d", pctx)
+        request = ProcessRequest(
+            b"",
+            ((PlannedOp(name, OPS[name], options), PlannedOp("draw_detections", draw, persons)),),
+            OutputSpec(None, None),
+        )
+        assert request.needs_regions and request.needs_detections
+        assert request.detection_classes == frozenset({"face", "person"})
+    for name in set(OPS) - {"blur_background", "draw_segmentation"}:
+        assert OPS[name].needs_regions(None) is False, name
+    plain = ProcessRequest(b"", (), OutputSpec(None, None))
+    assert not plain.needs_regions and plain.detection_classes is None

@@ -70,3 +70,23 @@ def test_ycbcr_matches_the_jfif_matrix():
     assert np.isclose(y[0, 0], 0.299 * 255, atol=1e-3)
     assert np.isclose(chroma[0, 0, 0], 128 - 0.168736 * 255, atol=1e-2)
     assert np.isclose(chroma[0, 0, 1], 128 + 0.5 * 255, atol=1e-2)
+
+
+def test_the_whole_face_counts_as_skin_lips_and_eyes_included():
+    rgb, face = scene()
+    rgb[35:40, 40:60] = (170, 30, 40)  # lips
+    rgb[22:26, 36:46] = (30, 30, 30)  # an eye
+    prob, model = skin.skin_probability(rgb, [face])
+    assert model.source == "faces"
+    assert prob[37, 50] == 1.0 and prob[24, 40] == 1.0
+    assert prob[90, 50] < 0.05  # the shirt below is still clothes
+    assert prob[5, 50] < 0.05  # the background above the face, outside the ellipse
+
+
+def test_face_ellipses_cover_the_box_middle_not_its_corners():
+    inside = skin.face_ellipses((100, 100), [Box(20, 20, 40, 40)])
+    assert inside[40, 40]  # the centre
+    assert inside[40, 20 - 1]  # 1.1 x as wide: a pixel left of the box
+    assert not inside[20, 20]  # the box's corner
+    assert not inside[40, 2]
+    assert skin.face_ellipses((10, 10), [Box(-50, -50, 5, 5)]).sum() == 0
