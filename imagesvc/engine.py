@@ -604,6 +604,7 @@ class Engine:
             output_format(request.output, header.format),
             settings,
             encoding=request.output.encoding,
+            regions=request.output.regions is not None,
         )
         planning.check_budget(plan, settings)
         image = header.image
@@ -714,6 +715,7 @@ class Engine:
             self.settings,
             known_shapes=run.known_shapes,
             encoding=run.request.output.encoding,
+            regions=run.request.output.regions is not None,
         )
         planning.check_budget(run.plan, self.settings)
 

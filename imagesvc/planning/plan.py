@@ -11,6 +11,8 @@ from imagesvc.encoding.plan import (
     BEST,
     DSSIM_BYTES_PER_PX,
     DSSIM_NS_PER_PX,
+    REGION_BYTES_PER_PX,
+    REGION_PREFILTER_NS_PER_PX,
     encode_costs,
     holds_copy,
 )
@@ -156,6 +158,7 @@ def plan_request(
     *,
     known_shapes: Mapping[int, tuple[int, int]] | None = None,
     encoding: EncodingSpec | None = None,
+    regions: bool = False,
 ) -> RequestPlan:
     """The plan of a request: every step's output shape and work, where the engine copies the
     image to memory, and the request's peak memory. Pure arithmetic, no pixels.
@@ -164,7 +167,8 @@ def plan_request(
     pipelines) actually produced; the engine re-plans with them after a step whose shape
     only the data decides (``OpEstimate.shape_known``). ``encoding``: the request's encoding
     spec (None: the settings'), for the encodes autoquality, max_bytes and best format add;
-    ``output_format`` may then be "best"."""
+    ``output_format`` may then be "best". ``regions``: the output asks for region-aware
+    autoquality (OutputOptions.regions): the pre-filter, its copies and two DSSIM references."""
     env = PlanEnv(settings, source.orientation, source.decode_shrink)
     shape = source.shape
     decode_ns = costs.DECODE_NS[source.format] * (2 if source.progressive else 1)
@@ -284,7 +288,7 @@ def plan_request(
     spec = encoding or EncodingSpec.from_settings(settings)
     factor = costs.NS * costs.sample_factor(shape.sample_bytes)
     encoder, encoded = 0.0, 0
-    for cost in encode_costs(output_format, spec, shape.has_alpha):
+    for cost in encode_costs(output_format, spec, shape.has_alpha, regions):
         work += cost.encodes * shape.pixels * costs.ENCODE_NS[cost.format][shape.has_alpha] * factor
         work += cost.measured * shape.pixels * DSSIM_NS_PER_PX * costs.NS
         encoder = max(
@@ -298,6 +302,11 @@ def plan_request(
         to_memory(shape)
         dssim = spec.autoquality.method in ("dssim", "ml")
         held = shape.pixels * DSSIM_BYTES_PER_PX if dssim else 0
+        if regions and dssim:
+            held = shape.pixels * REGION_BYTES_PER_PX
+    if regions:
+        # The background pre-filter runs for every format, lossless ones included.
+        work += shape.pixels * REGION_PREFILTER_NS_PER_PX * costs.NS
     # During the encode: the chain, the encoder's own buffers, the encoded bytes (libvips'
     # buffer, then the copy pyvips hands back; a search keeps its best trial too); after it,
     # the response holds two more copies.

@@ -37,6 +37,7 @@ def plan(settings: Settings, output: pb.OutputOptions, *ops: pb.Operation):
         output_format(request.output, header.format),
         settings,
         encoding=request.output.encoding,
+        regions=request.output.regions is not None,
     )
 
 
@@ -96,3 +97,31 @@ def test_a_slow_avif_search_is_refused_before_any_work(settings):
     with pytest.raises(RequestTooCostly) as caught:
         planning.check_budget(costly, settings)
     assert caught.value.metadata["limit"] == "max_request_work_s"
+
+
+@pytest.mark.parametrize("fmt", [pb.IMAGE_FORMAT_JPEG, pb.IMAGE_FORMAT_WEBP])
+def test_region_aware_autoquality_costs_its_prefilter_and_second_reference(settings, fmt):
+    op = enlarge(2000, 1500)
+    plain = plan(settings, pb.OutputOptions(format=fmt, autoquality=DSSIM), op)
+    regions = plan(
+        settings,
+        pb.OutputOptions(format=fmt, autoquality=DSSIM, regions=pb.RegionQuality(enabled=True)),
+        op,
+    )
+    # Two references, masks and weights: over 3 MP x (2 x 60 + 28) B held, against 3 MP x 60.
+    assert regions.peak_bytes - plain.peak_bytes > 3_000_000 * 80
+    # The pre-filter and two measures a trial (no sample estimate): more work.
+    assert regions.work_s > plain.work_s
+
+
+def test_region_aware_lossless_pays_only_the_prefilter(settings):
+    op = enlarge(2000, 1500)
+    png = plan(settings, pb.OutputOptions(format=pb.IMAGE_FORMAT_PNG, autoquality=DSSIM), op)
+    png_regions = plan(
+        settings,
+        pb.OutputOptions(
+            format=pb.IMAGE_FORMAT_PNG, autoquality=DSSIM, regions=pb.RegionQuality(enabled=True)
+        ),
+        op,
+    )
+    assert png_regions.work_s == pytest.approx(png.work_s + 3_000_000 * 160e-9, rel=0.05)

@@ -153,3 +153,65 @@ async def test_segmentation_switched_off(unsegmented_stub):
     reason, metadata, _ = rich_status(caught.value)
     assert reason == "SEGMENTATION_UNAVAILABLE"
     assert metadata["segmentation_failure"] == "SEGMENTATION_NOT_CONFIGURED"
+
+
+def astronaut_on_gravel() -> tuple[bytes, np.ndarray]:
+    """The astronaut (scaled to 256 px) in the middle of a 640 x 384 field of fine random
+    texture: a person on a busy photographic-like background. Returns the PNG and the RGB."""
+    rng = np.random.default_rng(7)
+    field = rng.integers(60, 200, (384, 640, 1), dtype=np.uint8).repeat(3, axis=2)
+    field = (field.astype(np.int16) + rng.integers(-25, 25, (384, 640, 3))).clip(0, 255)
+    person = to_array(scenes.astronaut().resize(256 / 512))
+    field[64:320, 192:448] = person[:256, :256]
+    rgb = field.astype(np.uint8)
+    return pyvips.Image.new_from_array(rgb).copy(interpretation="srgb").pngsave_buffer(), rgb
+
+
+async def test_region_aware_is_smaller_and_keeps_the_person_within_target(stub):
+    """Through the real Triton: region-aware JPEG autoquality against plain, same target, wide
+    quality range. Smaller, and the person's DSSIM (recomputed here on the mask the service
+    returns) within target + allowed error."""
+    data, rgb = astronaut_on_gravel()
+    autoquality = pb.Autoquality(
+        method=pb.AUTOQUALITY_METHOD_DSSIM,
+        target=0.02,
+        allowed_error=0.002,
+        min_quality=10,
+        max_quality=95,
+    )
+
+    def encode(regions: bool) -> pb.ProcessImageRequest:
+        output = pb.OutputOptions(format=pb.IMAGE_FORMAT_JPEG, autoquality=autoquality)
+        if regions:
+            output.regions.enabled = True
+        return pb.ProcessImageRequest(source=pb.ImageSource(data=data), output=output)
+
+    plain = await stub.ProcessImage(encode(False), timeout=60)
+    aware = await stub.ProcessImage(encode(True), timeout=60)
+    assert not aware.degradations
+    reported = {r.region: r.dssim for r in aware.encoding.region_dssim}
+    assert set(reported) >= {"person", "background"}
+    assert reported["person"] <= 0.022 and aware.encoding.target_met
+    assert len(aware.data) < 0.8 * len(plain.data)
+
+    # The person region, as the service sees it, at the image's size.
+    described = await stub.DescribeImage(
+        describe(data, segment=True, segmentation_mask=True), timeout=60
+    )
+    mask = decode(described.segmentation.mask_png)
+    classes = to_array(mask.resize(rgb.shape[1] / mask.width, kernel="nearest"))[..., 0]
+    person = classes > 0
+    assert 0.1 < person.mean() < 0.5
+    decoded = to_array(decode(aware.data))
+    ssim_map = _ssim_map(rgb, decoded)
+    person_dssim = (1 - ssim_map[person[3:-3, 3:-3]].mean()) / 2
+    assert person_dssim <= 0.022 + 0.003  # skimage's window differs slightly from ours
+
+
+def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """scikit-image's SSIM map of the luma (7x7 uniform window), cropped to valid windows."""
+    from skimage.metrics import structural_similarity
+
+    weights = np.array([0.299, 0.587, 0.114])
+    _, full = structural_similarity(a @ weights, b @ weights, data_range=255, win_size=7, full=True)
+    return full[3:-3, 3:-3]
