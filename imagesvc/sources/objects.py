@@ -26,6 +26,7 @@ carries what the store said (an S3 error message can quote the access key id): o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import hashlib
 import ipaddress
@@ -175,6 +176,18 @@ class ObjectFetcher:
         self._on_fetch = on_fetch
         self._client: Any = None
         self._lock = threading.Lock()
+        # Reads block a thread each: they get threads of their own (as many as the client has
+        # connections), so that stalled reads cannot take the event loop's default pool, which
+        # the edge hashes large sources on.
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _executor_now(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    MAX_POOL_CONNECTIONS, thread_name_prefix="object-source"
+                )
+            return self._executor
 
     def _client_now(self) -> Any:
         """The S3 client, created on first use (in a worker thread: it may read files)."""
@@ -207,8 +220,12 @@ class ObjectFetcher:
     async def close(self) -> None:
         with self._lock:
             client, self._client = self._client, None
+            executor, self._executor = self._executor, None
         if client is not None:
             await asyncio.to_thread(client.close)
+        if executor is not None:
+            # Reads still running stop at their next chunk (their RPCs have ended).
+            executor.shutdown(wait=False, cancel_futures=True)
 
     async def fetch(self, location: ObjectLocation, deadline: float) -> bytes:
         """The object's bytes, by ``deadline`` (time.monotonic()) at the latest."""
@@ -236,8 +253,13 @@ class ObjectFetcher:
         cancelled = threading.Event()
         try:
             async with asyncio.timeout(min(budget, rpc_left)):
-                return await asyncio.to_thread(
-                    self._get, location, _conditional_args(location, conditional), stop, cancelled
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._executor_now(),
+                    self._get,
+                    location,
+                    _conditional_args(location, conditional),
+                    stop,
+                    cancelled,
                 )
         except TimeoutError:
             cancelled.set()  # the thread stops reading at its next chunk

@@ -322,6 +322,24 @@ async def test_close_drops_the_client(store, make_fetcher):
     assert await fetcher.fetch(obj("a.jpg"), soon()) == JPEG  # a new one, on demand
 
 
+async def test_reads_run_on_threads_of_their_own(store, make_fetcher, monkeypatch):
+    """Not on the event loop's default pool, which the edge hashes large sources on: a
+    stalled store cannot take its threads."""
+    fetcher = make_fetcher()
+    names = []
+    real = ObjectFetcher._get
+
+    def recording(self, *args):
+        names.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(ObjectFetcher, "_get", recording)
+    await asyncio.gather(*(fetcher.fetch(obj("a.jpg"), soon()) for _ in range(4)))
+    assert len(names) == 4 and all(name.startswith("object-source") for name in names)
+    await fetcher.close()
+    assert fetcher._executor is None
+
+
 # --- validation at the edge ----------------------------------------------------------------
 
 
