@@ -45,6 +45,11 @@ def filtered(image: pyvips.Image, method: str, sigma: float) -> pyvips.Image:
         return image.gaussblur(sigma).cast(image.format)
     if method == "median":
         size = 2 * max(1, int(round(sigma))) + 1
+        # libvips' rank refuses a window larger than the image: the largest odd one that fits.
+        fits = min(image.width, image.height)
+        size = min(size, fits if fits % 2 else fits - 1)
+        if size <= 1:
+            return image
         return image.median(size).cast(image.format)
     if method == "chroma":
         space = image.colourspace("lab")

@@ -51,3 +51,15 @@ def test_alpha_is_kept_and_shapes_are_checked():
         prefilter.prefilter(from_array(rgba), np.zeros((10, 10), np.float32), "median", 2, 4)
     with pytest.raises(ValueError, match="unknown background filter"):
         prefilter.filtered(pyvips.Image.black(4, 4), "sepia", 1.0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 2), (5, 5)])
+@pytest.mark.parametrize("method", prefilter.FILTERS)
+def test_tiny_and_thin_images_are_filtered_without_error(size, method):
+    """A median window larger than the image (libvips refuses it) shrinks to fit."""
+    width, height = size
+    source = textured(width, height)
+    out = prefilter.prefilter(
+        from_array(source), np.zeros((height, width), np.float32), method, 4.0, 8.0
+    ).numpy()
+    assert out.reshape(height, width, -1).shape == (height, width, 3)
