@@ -504,17 +504,17 @@ class _Job:
         # The cheap estimate: a sampled mosaic of the image, encoded with the same options
         # (imagesvc.encoding.sample). Its encodes are not counted in ``encodes`` (saves of
         # the result); the search reports their cost in encodes (estimate_cost).
-        # Not for regions: the mosaic's DSSIM is the whole image's, not the regions'.
-        estimator = (
-            None
-            if self._region_measure is not None
-            else sample.estimator(
-                prepared,
-                kind,
-                lambda image, quality: save(image, replace(params, quality=quality), keep),
-                check=self.kill_check,
-                fixed_key=(replace(params, quality=0), keep),
-            )
+        # With regions the mosaic is the person's tiles and estimates the person's DSSIM (the
+        # measure that binds: the background's target is looser and its input pre-filtered);
+        # every full trial is still held to the whole region measure.
+        region = self._region_measure
+        estimator = sample.estimator(
+            prepared,
+            kind,
+            lambda image, quality: save(image, replace(params, quality=quality), keep),
+            check=self.kill_check,
+            fixed_key=(replace(params, quality=0), keep),
+            region=region.person_weights if region is not None else None,
         )
         if estimator is not None:
             options.update(estimate=estimator, estimate_cost=estimator.cost)

@@ -60,8 +60,7 @@ def encode_costs(
     fmt: str, spec: EncodingSpec, has_alpha: bool, regions: bool = False
 ) -> list[EncodeCost]:
     """The encodes a result of format ``fmt`` (or "best") may take, at most. ``regions``:
-    region-aware autoquality (no sample estimate; every trial measured twice, person and
-    background)."""
+    region-aware autoquality (every trial measured twice, person and background)."""
     formats = [fmt]
     if fmt == BEST:
         formats = list(dict.fromkeys([*spec.best_candidates, *(("png",) if has_alpha else ())]))
@@ -78,7 +77,10 @@ def encode_costs(
             trials = MAX_ENCODES
             measured = MAX_ENCODES if dssim else 0
             if regions and dssim:
-                measured = 2 * MAX_ENCODES
+                # Every trial measured twice (person, background); the estimate's mosaic is
+                # the person's tiles, at most MAX_SHARE of the pixels, measured once a call.
+                measured = 2 * MAX_ENCODES + math.ceil(MAX_ESTIMATES * MAX_SHARE)
+                trials += MAX_ESTIMATES * MAX_SHARE
             elif spec.autoquality.method != "none":
                 # The cheap estimate's encodes (and measures) of a sample mosaic, each at most
                 # MAX_SHARE of the pixels (imagesvc.encoding.sample).

@@ -163,6 +163,11 @@ class RegionMeasure:
         self._last: tuple[bytes, dict[str, float]] | None = None
 
     @property
+    def person_weights(self) -> np.ndarray:
+        """The person's measure weights at the image's size (0 outside the person)."""
+        return self._person
+
+    @property
     def ceiling(self) -> float:
         return self.plan.target + self.plan.allowed_error
 

@@ -49,16 +49,28 @@ class Mosaic:
     encode of it costs about this many encodes of the image), ``tiles``; ``weights()`` and
     ``corner()`` are made when asked (DSSIM needs the one, sizes the other)."""
 
-    __slots__ = ("image", "share", "tiles", "tile", "_source")
+    __slots__ = ("image", "share", "tiles", "tile", "_source", "_pixel_weights")
 
-    def __init__(self, image: pyvips.Image, share: float, tiles: int, source: pyvips.Image):
+    def __init__(
+        self,
+        image: pyvips.Image,
+        share: float,
+        tiles: int,
+        source: pyvips.Image,
+        pixel_weights: np.ndarray | None = None,
+    ):
         self.image, self.share, self.tiles, self.tile = image, share, tiles, TILE
         self._source = source
+        # The measure's own weights, tiled like the image (a region mosaic's); None: all 1.
+        self._pixel_weights = pixel_weights
 
     def weights(self) -> np.ndarray:
-        """For ``DssimReference.dssim``: 0 within SEAM px of a seam between tiles, else 1."""
+        """For ``DssimReference.dssim``: 0 within SEAM px of a seam between tiles, else 1 (or
+        the measure's own weight of the pixel, for a region mosaic)."""
         width, height = self.image.width, self.image.height
         weights = np.ones((height, width), dtype=np.float32)
+        if self._pixel_weights is not None:
+            weights *= self._pixel_weights
         for k in range(TILE, width, TILE):
             weights[:, k - SEAM : k + SEAM] = 0
         for k in range(TILE, height, TILE):
@@ -125,6 +137,51 @@ def mosaic(image: pyvips.Image) -> Mosaic | None:
             joined.set_type(pyvips.GValue.blob_type, name, image.get(name))
     share = across * down * TILE * TILE / (width * height)
     return Mosaic(joined, share, across * down, image)
+
+
+# A tile belongs to the region when this share of its pixels has weight (region mosaics).
+REGION_TILE_COVER = 0.75
+
+
+def region_mosaic(image: pyvips.Image, weights: np.ndarray) -> Mosaic | None:
+    """A mosaic of the tiles that lie in a region (region-aware autoquality: the person), for
+    estimating the region's DSSIM: ``weights`` (H x W, the measure's weights, 0 outside the
+    region) picks the tiles (REGION_TILE_COVER of their pixels inside) and weighs the mosaic's
+    measure. Up to GRID x GRID of them, evenly spread over the region's tiles, within MAX_SHARE
+    of the pixels; None when the region has fewer than MIN_GRID x MIN_GRID tiles."""
+    width, height = image.width, image.height
+    cols, rows = width // TILE, height // TILE
+    if cols == 0 or rows == 0 or weights.shape != (height, width):
+        return None
+    grid = np.asarray(weights[: rows * TILE, : cols * TILE], dtype=np.float32)
+    blocks = grid.reshape(rows, TILE, cols, TILE)
+    cover = (blocks > 0).mean(axis=(1, 3))
+    places = np.argwhere(cover >= REGION_TILE_COVER)  # (row, col), row-major
+    most = min(GRID * GRID, int(width * height * MAX_SHARE) // (TILE * TILE))
+    side = math.isqrt(min(len(places), most))
+    if side < MIN_GRID:
+        return None
+    chosen = places[np.round(np.linspace(0, len(places) - 1, side * side)).astype(int)]
+    pixels = image.numpy()
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+
+    def tile(array: np.ndarray, row: int, col: int) -> np.ndarray:
+        return array[row * TILE : (row + 1) * TILE, col * TILE : (col + 1) * TILE]
+
+    def joined(array: np.ndarray) -> np.ndarray:
+        lines = [
+            np.concatenate([tile(array, *chosen[i * side + j]) for j in range(side)], axis=1)
+            for i in range(side)
+        ]
+        return np.ascontiguousarray(np.concatenate(lines, axis=0))
+
+    mosaic_image = pyvips.Image.new_from_array(joined(pixels), interpretation=image.interpretation)
+    for name in image.get_fields():
+        if name.endswith("-data"):
+            mosaic_image.set_type(pyvips.GValue.blob_type, name, image.get(name))
+    share = side * side * TILE * TILE / (width * height)
+    return Mosaic(mosaic_image, share, side * side, image, joined(grid))
 
 
 class Estimator:
@@ -195,11 +252,14 @@ def estimator(
     *,
     check: Callable[[], None] | None = None,
     fixed_key: Hashable | None = None,
+    region: np.ndarray | None = None,
 ) -> Estimator | None:
     """The image's estimator (None when it is too small to sample). ``fixed_key``: hashable,
     the same for encodes that write the same headers (format, options, metadata kept): the
-    fixed bytes are then measured once per key and metadata sizes."""
-    sample = mosaic(image)
+    fixed bytes are then measured once per key and metadata sizes. ``region``: the DSSIM
+    measure's weights (region-aware autoquality's person): the mosaic is the region's tiles
+    (`region_mosaic`) and estimates the region's DSSIM."""
+    sample = mosaic(image) if region is None else region_mosaic(image, region)
     if sample is None:
         return None
     return Estimator(sample, kind, encode, check=check, fixed_key=fixed_key)
