@@ -459,15 +459,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown formats {unknown}; known: {FORMAT_NAMES}")
         return value
 
-    @field_validator("tls_allowed_client_names", mode="before")
-    @classmethod
-    def _split_client_names(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
-        if isinstance(value, list | tuple):
-            value = tuple(str(v).strip() for v in value if str(v).strip())
-        return value
-
     @field_validator("source_ca_path")
     @classmethod
     def _loadable_ca_bundle(cls, value: str) -> str:
@@ -485,9 +476,10 @@ class Settings(BaseSettings):
             raise ValueError("fallback_image_http_code must be 0 or an HTTP status, 100..599")
         return value
 
-    @field_validator("allowed_sources", mode="before")
+    @field_validator("allowed_sources", "tls_allowed_client_names", mode="before")
     @classmethod
-    def _split_allowed_sources(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
+        """A comma-separated (or JSON list) env value -> a tuple of its non-empty items."""
         if isinstance(value, str):
             value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
         if isinstance(value, list | tuple):
