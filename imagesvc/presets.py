@@ -9,7 +9,7 @@ never names a source, a fallback, caching fields or other presets)::
       output: {format: IMAGE_FORMAT_WEBP, quality: 78}
     thumbnail:
       pipelines:
-        - operations: [{resize: {width: 320, height: 320, type: RESIZE_TYPE_FILL}}]
+        - operations: [{resize: {width: 320, height: 320, type: RESIZING_TYPE_FILL}}]
 
 A request's effective options are the ``default`` preset, then each preset it names in order,
 then its own options, each layer overriding the ones before it (``overlay``): a set scalar or

@@ -19,7 +19,7 @@ import copy
 import os
 import shutil
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kubernetes_validate
 import pytest
@@ -46,9 +46,22 @@ DEFAULT_GRACE_PERIOD_S = 10.0  # imagesvc.settings.Settings.grace_period_s
 DEFAULT_DRAIN_S = 5.0  # imagesvc.settings.Settings.drain_s
 RECOMMENDED_LABELS = ("name", "instance", "version", "component", "part-of")
 
-# Overlays a user would build as-is, plus a composition with the opt-in DataDog component, built
-# the way k8s/README.md tells users to (components on top of an overlay).
-TARGETS = ("base", "dev", "prod", "prod+datadog")
+# Overlays a user would build as-is, plus compositions with the opt-in components, built the way
+# k8s/README.md tells users to: DataDog in an overlay on top of prod, and the presets, auth-tokens
+# and object-storage components added to (a copy of) the prod overlay's own `components`, with the
+# IRSA annotation k8s/README.md shows.
+FEATURES = ("presets", "auth-tokens", "object-storage")
+TARGETS = ("base", "dev", "prod", "prod+datadog", "prod+features")
+PROD_TARGETS = tuple(t for t in TARGETS if t.startswith("prod"))
+IRSA_ROLE_ARN = "arn:aws:iam::111122223333:role/imagesvc"  # AWS's documentation account
+IRSA_PATCH = f"""\
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: imagesvc
+  annotations:
+    eks.amazonaws.com/role-arn: {IRSA_ROLE_ARN}
+"""
 
 
 def _kustomize(path: Path) -> list[dict]:
@@ -57,6 +70,29 @@ def _kustomize(path: Path) -> list[dict]:
     )
     assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _prod_with(directory: Path, components: list[Path], patches: list[dict] = ()) -> Path:
+    """A copy of the prod overlay in ``directory`` with ``components`` added to its own, as a user
+    adds them to an overlay (resources added by a component then get the overlay's namespace and
+    labels, which a kustomization on top of prod would not give them)."""
+    prod = K8S / "overlays" / "prod"
+    for file in prod.iterdir():
+        if file.is_file():
+            shutil.copy(file, directory)
+    kustomization = yaml.safe_load((prod / "kustomization.yaml").read_text())
+
+    # kustomize refuses absolute paths to other kustomizations; relative ones may leave the root.
+    def relocated(entry: str) -> str:
+        return os.path.relpath(prod / entry, directory) if (prod / entry).is_dir() else entry
+
+    kustomization["resources"] = [relocated(r) for r in kustomization["resources"]]
+    kustomization["components"] = [relocated(c) for c in kustomization.get("components", [])] + [
+        os.path.relpath(c, directory) for c in components
+    ]
+    kustomization["patches"] = kustomization.get("patches", []) + list(patches)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +113,17 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
             }
         )
     )
+    features = _prod_with(
+        tmp_path_factory.mktemp("prod-features"),
+        [K8S / "components" / name for name in FEATURES],
+        [{"patch": IRSA_PATCH}],
+    )
     return {
         "base": _kustomize(K8S / "base"),
         "dev": _kustomize(K8S / "overlays" / "dev"),
         "prod": _kustomize(K8S / "overlays" / "prod"),
         "prod+datadog": _kustomize(composed),
+        "prod+features": _kustomize(features),
     }
 
 
@@ -112,6 +154,25 @@ def _container(containers: list[dict], name: str) -> dict:
 
 def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def _volume_file(pod: dict, container: dict, variable: str) -> tuple[dict, dict, str]:
+    """The volume, the mount and the path inside the mount of the file a ``*_PATH`` variable of
+    ``container`` names; the mount must be read-only."""
+    path = PurePosixPath(_env(container)[variable]["value"])
+    mounts = [m for m in container.get("volumeMounts", []) if path.is_relative_to(m["mountPath"])]
+    assert len(mounts) == 1, f"{variable}={path} is inside {len(mounts)} mounts"
+    (mount,) = mounts
+    assert mount.get("readOnly") is True, f"{variable}: {mount['name']} is mounted read-write"
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    return volume, mount, str(path.relative_to(mount["mountPath"]))
+
+
+def _generated(docs: list[dict], kind: str, name: str) -> dict:
+    """The one ``kind`` a generator named ``name`` made (kustomize adds a content hash)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(f"{name}-")]
+    assert len(found) == 1, f"expected one generated {kind} {name}-<hash>, found {len(found)}"
+    return found[0]
 
 
 def _container_port(pod: dict, port: int | str) -> int:
@@ -194,6 +255,9 @@ def test_expected_resources(rendered):
     prod = sorted(core + [("HorizontalPodAutoscaler", APP), ("ServiceMonitor", APP)])
     assert kinds["prod"] == prod
     assert kinds["prod+datadog"] == prod
+    # Only the presets ConfigMap is added; the auth tokens' Secret is the user's to create.
+    generated = _generated(rendered["prod+features"], "ConfigMap", f"{APP}-presets")
+    assert kinds["prod+features"] == sorted(prod + [("ConfigMap", generated["metadata"]["name"])])
 
 
 # ---- the Triton native sidecar and its model repository -----------------------------------------
@@ -307,6 +371,7 @@ def test_every_imagesvc_variable_is_a_setting(rendered):
     """pydantic-settings ignores unknown IMAGESVC_* variables, so a typo here would go unnoticed."""
     from imagesvc.settings import Settings
 
+    assert set(rendered) == set(TARGETS)
     for target, docs in rendered.items():
         for container in _pod(docs)["containers"] + _pod(docs)["initContainers"]:
             for name in _env(container):
@@ -373,7 +438,7 @@ def test_resources(rendered, target):
 
 
 def test_gpu_only_in_prod(rendered):
-    for target in ("prod", "prod+datadog"):
+    for target in PROD_TARGETS:
         pod = _pod(rendered[target])
         triton = _container(pod["initContainers"], TRITON)
         assert str(triton["resources"]["limits"].get("nvidia.com/gpu")) == "1"
@@ -400,7 +465,7 @@ def test_the_prod_gpu_serves_every_model(rendered):
     repository = ROOT / "model_repository"
     models = sorted(p for p in repository.iterdir() if p.is_dir())
     assert models, "no models in model_repository/"
-    for target in ("prod", "prod+datadog"):
+    for target in PROD_TARGETS:
         triton = _container(_pod(rendered[target])["initContainers"], TRITON)
         config_name = _triton_flag(triton, "model-config-name")
         for model in models:
@@ -518,7 +583,7 @@ def test_replicas_and_hpa(rendered, target):
 # ---- components ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["prod", "prod+datadog"])
+@pytest.mark.parametrize("target", PROD_TARGETS)
 def test_servicemonitor(rendered, target):
     docs = rendered[target]
     monitor = _one(docs, "ServiceMonitor")
@@ -557,3 +622,113 @@ def test_datadog_component(rendered):
     assert [c["name"] for c in pod["initContainers"]] == [
         c["name"] for c in plain["initContainers"]
     ]
+
+
+def _only_adds(plain: dict, pod: dict) -> None:
+    """A component adds to the app container and the pod; it changes nothing that was there."""
+    app, plain_app = (_container(p["containers"], APP) for p in (pod, plain))
+    assert _env(plain_app).items() <= _env(app).items()
+    assert all(m in app["volumeMounts"] for m in plain_app["volumeMounts"])
+    assert all(v in pod["volumes"] for v in plain["volumes"])
+    assert pod["initContainers"] == plain["initContainers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert app[probe] == plain_app[probe]
+
+
+def test_feature_components_only_add(rendered):
+    _only_adds(_pod(rendered["prod"]), _pod(rendered["prod+features"]))
+
+
+def test_presets_component(rendered, tmp_path):
+    from imagesvc import presets
+    from imagesvc.settings import Settings
+
+    docs = rendered["prod+features"]
+    pod = _pod(docs)
+    app = _container(pod["containers"], APP)
+    volume, _, file = _volume_file(pod, app, "IMAGESVC_PRESETS_PATH")
+
+    config_map = _generated(docs, "ConfigMap", f"{APP}-presets")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # Added by the overlay's own components: in the overlay's namespace, with its labels.
+    assert config_map["metadata"]["namespace"] == _one(docs, "Deployment")["metadata"]["namespace"]
+    example = (K8S / "components" / "presets" / "presets.yaml").read_text()
+    assert config_map["data"] == {file: example}
+
+    # The example starts: it loads and validates as the server does at start (no class names).
+    path = tmp_path / file
+    path.write_text(example)
+    settings = Settings(presets_path=str(path))
+    loaded = presets.load(settings)
+    presets.validate(loaded, settings, frozenset())
+    assert "thumbnail" in loaded.by_name
+    assert loaded.default is None, "the example must not change every request"
+
+
+def test_an_overlay_replaces_the_presets(tmp_path):
+    """k8s/README.md: a Component listed after components/presets replaces the example (the
+    overlay's own configMapGenerator runs before its components and cannot)."""
+    replacement = tmp_path / "my-presets"
+    replacement.mkdir()
+    (replacement / "presets.yaml").write_text("small:\n  output: {quality: 50}\n")
+    (replacement / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+                "kind": "Component",
+                "configMapGenerator": [
+                    {"name": f"{APP}-presets", "behavior": "replace", "files": ["presets.yaml"]}
+                ],
+            }
+        )
+    )
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    docs = _kustomize(_prod_with(overlay, [K8S / "components" / "presets", replacement]))
+    config_map = _generated(docs, "ConfigMap", f"{APP}-presets")
+    assert config_map["data"] == {"presets.yaml": "small:\n  output: {quality: 50}\n"}
+    volume, _, _ = _volume_file(
+        _pod(docs), _container(_pod(docs)["containers"], APP), "IMAGESVC_PRESETS_PATH"
+    )
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+
+
+def test_auth_tokens_component(rendered):
+    docs = rendered["prod+features"]
+    pod = _pod(docs)
+    app = _container(pod["containers"], APP)
+    volume, mount, file = _volume_file(pod, app, "IMAGESVC_AUTH_TOKENS_PATH")
+
+    secret = volume["secret"]
+    assert secret["secretName"] == f"{APP}-auth-tokens"
+    assert secret.get("optional", False) is False, "without its tokens the service cannot start"
+    keys = {item["path"]: item["key"] for item in secret.get("items", [])}
+    assert keys.get(file, file) == "tokens"
+    # A subPath mount is never updated: token rotation without a restart needs the directory.
+    for container in pod["containers"] + pod["initContainers"]:
+        for m in container.get("volumeMounts", []):
+            if m["name"] == mount["name"]:
+                assert "subPath" not in m and "subPathExpr" not in m
+    assert not _all(docs, "Secret"), "the Secret is the user's to create"
+    # Health stays open (README "Authentication and TLS"): the probes need no token.
+    assert app["readinessProbe"]["grpc"]["service"] == READINESS_SERVICE
+
+
+def test_object_storage_component(rendered):
+    from imagesvc.settings import Settings
+
+    env = _env(_container(_pod(rendered["prod+features"])["containers"], APP))
+    assert env["IMAGESVC_S3_ENABLED"]["value"] == "true"
+    # No allow-list is imposed; the commented example in the patch is a valid setting.
+    assert "IMAGESVC_ALLOWED_SOURCES" not in env
+    patch = (K8S / "components" / "object-storage" / "deployment-patch.yaml").read_text()
+    lines = patch.splitlines()
+    (index,) = [i for i, line in enumerate(lines) if "IMAGESVC_ALLOWED_SOURCES" in line]
+    example = lines[index + 1].split("value:", 1)[1].strip()
+    assert any(p.startswith("s3://") for p in Settings(allowed_sources=example).allowed_sources)
+
+    # No role ARN is shipped; the overlay's patch (k8s/README.md) is the only annotation.
+    assert not _one(rendered["prod"], "ServiceAccount")["metadata"].get("annotations")
+    account = _one(rendered["prod+features"], "ServiceAccount")
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": IRSA_ROLE_ARN}
+    assert _pod(rendered["prod+features"])["serviceAccountName"] == APP
