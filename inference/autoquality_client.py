@@ -54,7 +54,7 @@ from tritonclient.utils import InferenceServerException
 from inference import autoquality
 from inference.autoquality import FEATURES_VERSION, N_FEATURES, CurveSpec
 from inference.breaker import CircuitBreaker
-from inference.client import CHANNEL_ARGS, call_timeout, to_inference_error
+from inference.client import TritonModelClient, call_timeout, to_inference_error
 from inference.errors import InferenceError, InferenceUnavailable
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ def _checked_features(features: np.ndarray) -> np.ndarray:
 # --- the client ------------------------------------------------------------------------------
 
 
-class QualityPredictor:
+class QualityPredictor(TritonModelClient):
     """Predicted quality -> DSSIM curves of an image, from the autoquality model over Triton.
 
     Parameters
@@ -312,11 +312,6 @@ class QualityPredictor:
     def not_ready_reason(self) -> str | None:
         """Why the last ``ready()`` was False; None after a passing one, or before any."""
         return self._not_ready_reason
-
-    def _grpc(self) -> triton_grpc.InferenceServerClient:
-        if self._client is None:
-            self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
-        return self._client
 
     def _learn(self, metadata, config: Mapping[str, Any]) -> str | None:
         """Record the served contract: its spec, or why it does not match (returned)."""
@@ -495,11 +490,6 @@ class QualityPredictor:
             ) from None
 
     # -- lifetime --------------------------------------------------------------------------
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
 
     async def __aenter__(self) -> QualityPredictor:
         return self

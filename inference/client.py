@@ -268,7 +268,26 @@ def contract_problems(model: DetectionModel, metadata, config: dict) -> list[str
     return problems
 
 
-class Detector:
+class TritonModelClient:
+    """The part every Triton client here shares: one tritonclient aio client for ``url``, made
+    on first use inside the event loop of that call (its gRPC channel belongs to that loop), and
+    ``close()`` for shutdown. Subclasses set ``url`` and ``_client = None`` in ``__init__``."""
+
+    url: str
+    _client: triton_grpc.InferenceServerClient | None
+
+    def _grpc(self) -> triton_grpc.InferenceServerClient:
+        if self._client is None:
+            self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+class Detector(TritonModelClient):
     """Objects in an RGB image, from a set of detection models over Triton.
 
     Parameters
@@ -396,11 +415,6 @@ class Detector:
         if classes is None:
             return self._models
         return tuple(m for m in self._models if not set(classes).isdisjoint(m.classes))
-
-    def _grpc(self) -> triton_grpc.InferenceServerClient:
-        if self._client is None:
-            self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
-        return self._client
 
     async def detect(
         self,
@@ -666,11 +680,6 @@ class Detector:
                 return f"{model.name}: contract mismatch: " + "; ".join(problems)
             self._max_batch[model.name] = int(config.get("max_batch_size", 0))
         return None
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
 
     async def __aenter__(self) -> Detector:
         return self

@@ -27,14 +27,14 @@ import tritonclient.grpc.aio as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from inference.breaker import CircuitBreaker
-from inference.client import CHANNEL_ARGS, call_timeout, to_inference_error
+from inference.client import TritonModelClient, call_timeout, to_inference_error
 from inference.errors import InferenceError, InferenceUnavailable
 from inference.segmentation import SELFIE_SEGMENTATION, SegmentationModel, postprocess, preprocess
 
 TRIPPING_REASONS = frozenset({"TRITON_UNAVAILABLE", "TRITON_TIMEOUT"})
 
 
-class PersonSegmenter:
+class PersonSegmenter(TritonModelClient):
     """Person probability masks from the segmentation model over Triton.
 
     ``url``: Triton's gRPC ``host:port``; ``timeout_s``: every call's ``client_timeout``;
@@ -61,11 +61,6 @@ class PersonSegmenter:
     @property
     def model_name(self) -> str:
         return self.model.name
-
-    def _grpc(self) -> triton_grpc.InferenceServerClient:
-        if self._client is None:
-            self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
-        return self._client
 
     async def ready(self) -> bool:
         """Whether the server and the model are ready (never raises)."""
@@ -115,11 +110,6 @@ class PersonSegmenter:
         if not np.all(np.isfinite(output)):
             raise InferenceError("TRITON_BAD_RESPONSE", f"{model.name}: the mask is not finite")
         return output
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
 
     def __repr__(self) -> str:
         return f"PersonSegmenter({self.url!r}, model={self.model.name!r})"
