@@ -281,12 +281,8 @@ class QualityPredictor(TritonModelClient):
         on_inference: Callable[[str, float], None] | None = None,
         model_name: str = MODEL_NAME,
     ) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
-        self.on_inference = on_inference
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
         self.model_name = model_name
-        self._client: triton_grpc.InferenceServerClient | None = None
         self._spec: CurveSpec | None = None  # the served contract, once read and matching
         self._mismatch: str | None = None  # why the served model does not match, once read
         self._not_ready_reason: str | None = None

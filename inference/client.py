@@ -276,6 +276,23 @@ class TritonModelClient:
     url: str
     _client: triton_grpc.InferenceServerClient | None
 
+    def _connect_settings(
+        self,
+        url: str,
+        timeout_s: float,
+        breaker: CircuitBreaker | None,
+        retry_after_s: float,
+        on_inference: Callable[[str, float], None] | None,
+    ) -> None:
+        """What a model client's ``__init__`` takes in common: the address, every call's
+        timeout, the circuit breaker (the detector's when shared, else its own) and the
+        ``on_inference(model, seconds)`` hook."""
+        self.url = url
+        self.timeout_s = timeout_s
+        self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
+        self.on_inference = on_inference
+        self._client = None
+
     def _grpc(self) -> triton_grpc.InferenceServerClient:
         if self._client is None:
             self._client = triton_grpc.InferenceServerClient(self.url, channel_args=CHANNEL_ARGS)
@@ -335,11 +352,9 @@ class Detector(TritonModelClient):
         retry_after_s: float = 2.0,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
-        self.on_inference = on_inference
         if models is None:
             models = shipped_models(
                 face_score_threshold=score_threshold, nms_threshold=nms_threshold
@@ -362,12 +377,10 @@ class Detector(TritonModelClient):
         self._hint_model = _tile_model(
             self._models, nms_threshold, face_refine.HINT_SCORE_THRESHOLD
         )
-        self._client: triton_grpc.InferenceServerClient | None = None
         self._not_ready_reason: str | None = None
         # Model name -> its served max_batch_size, from the last readiness check that read it
         # with the contract holding (module docstring: tile requests).
         self._max_batch: dict[str, int] = {}
-        self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
 
     @property
     def retry_after_s(self) -> float:

@@ -51,12 +51,8 @@ class PersonSegmenter(TritonModelClient):
         on_inference: Callable[[str, float], None] | None = None,
         model: SegmentationModel = SELFIE_SEGMENTATION,
     ) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
-        self.on_inference = on_inference
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
         self.model = model
-        self._client: triton_grpc.InferenceServerClient | None = None
 
     @property
     def model_name(self) -> str:
