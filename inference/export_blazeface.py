@@ -45,6 +45,7 @@ Module-level imports are stdlib only: the same file runs in both interpreters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import argparse
 import hashlib
 import json
@@ -758,16 +759,27 @@ def export(repository: Path, export_venv: Path) -> None:
     print(f"wrote {', '.join(name for name, _, _ in MODELS)} to {repository}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cli(
+    description: str,
+    export_to: Callable[[Path, Path], None],
+    worker: Callable[[Path], None],
+    argv: list[str] | None = None,
+) -> None:
+    """The command line every export script shares: ``--repository``, ``--export-venv``, and
+    the hidden ``--worker`` the script runs itself with inside the export venv."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
     parser.add_argument("--export-venv", type=Path, default=REPO_ROOT / ".venv-export")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        run_worker(args.worker)
+        worker(args.worker)
     else:
-        export(args.repository.resolve(), args.export_venv.resolve())
+        export_to(args.repository.resolve(), args.export_venv.resolve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli(__doc__.split("\n\n")[0], export, run_worker, argv)
 
 
 if __name__ == "__main__":

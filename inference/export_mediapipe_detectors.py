@@ -49,7 +49,6 @@ Module-level imports are stdlib only: the same file runs in both interpreters.
 
 from __future__ import annotations
 
-import argparse
 import json
 import struct
 import subprocess
@@ -1249,15 +1248,7 @@ def _short(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=REPO_ROOT / "model_repository")
-    parser.add_argument("--export-venv", type=Path, default=REPO_ROOT / ".venv-export")
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker is not None:
-        run_worker(args.worker)
-    else:
-        export(args.repository.resolve(), args.export_venv.resolve())
+    export_blazeface.cli(__doc__.split("\n\n")[0], export, run_worker, argv)
 
 
 if __name__ == "__main__":
