@@ -68,6 +68,7 @@ MATCH_IOU = 0.3
 KEEP_SLACK = 2.0
 RAW_FLOOR = 0.25  # raw boxes kept per model; every threshold tried is above it
 ASPECTS = {"1:1": (1, 1), "3:4": (3, 4), "9:16": (9, 16), "16:9": (16, 9)}
+THUMBNAIL_SIDE = 256  # the thumbnail crops' long side
 MODES = ("max_score_area", "one_best", "one_best_centermost")
 ARMS = (*MODES, "smart", "centre")
 CAPTIONS = {
@@ -619,20 +620,41 @@ def crop_windows(image, detections: list[tuple[Box, float]], aspect) -> dict[str
     return windows
 
 
-def evaluate_crops(models, photos, images, raws, config: Config) -> dict:
-    out: dict = {"per_aspect": {}, "all": {}, "cases": []}
+def evaluate_crops(
+    models, photos, images, raws, config: Config, thumbnail: int | None = None, rule=True
+) -> dict:
+    """Crop shares of ``config``'s detections. ``thumbnail``: the crops are drawn with this
+    long side and scored on the labelled faces at least ``face_refine.MIN_OUTPUT_FACE_PX``
+    tall there (the faces a viewer can see; a case without one is left out); with ``rule``,
+    where the faces only the tiled pass finds would come out too small to show
+    (``face_refine.tiled_faces_visible``, the service's rule for gravity) the detections are
+    the first pass's alone, as the service places such a crop."""
+    out: dict = {"per_aspect": {}, "all": {}, "cases": [], "first_pass_only": []}
     pairs: dict[tuple[str, str], list] = {}
+    first_pass = replace(config, tiled_side=None)
     for photo in photos:
         if photo["set"] != "faces" or not photo["faces"]:
             continue
         image = images[photo["id"]]
-        detections, _ = config.detect(models, raws[photo["id"]])
+        raw = raws[photo["id"]]
+        complete, _ = config.detect(models, raw)
         for aspect_name, aspect in ASPECTS.items():
             cw, ch = fill_crop(image.width, image.height, aspect)
             if (cw, ch) == (image.width, image.height):
                 continue  # the crop is the whole photo: nothing to place
+            detections, faces = complete, photo["faces"]
+            if thumbnail is not None:
+                scale = thumbnail / max(cw, ch)
+                faces = [f for f in faces if f[3] * scale >= face_refine.MIN_OUTPUT_FACE_PX]
+                if not faces:
+                    continue
+                if rule and not face_refine.tiled_faces_visible(
+                    max(raw.width, raw.height), max(raw.input_w, raw.input_h), scale
+                ):
+                    detections, _ = first_pass.detect(models, raw)
+                    out["first_pass_only"].append(f"{photo['id']} {aspect_name}")
             windows = crop_windows(image, detections, aspect)
-            scores = {arm: score_crop(photo["faces"], windows[arm]) for arm in ARMS}
+            scores = {arm: score_crop(faces, windows[arm]) for arm in ARMS}
             out["cases"].append(
                 {
                     "photo": photo["id"],
@@ -640,7 +662,7 @@ def evaluate_crops(models, photos, images, raws, config: Config) -> dict:
                     "fit": scores["centre"].fit,
                     "detections": len(detections),
                     "kept": {arm: scores[arm].kept for arm in ARMS},
-                    "faces": len(photo["faces"]),
+                    "faces": len(faces),
                     "windows": {arm: list(windows[arm]) for arm in ARMS},
                 }
             )
@@ -715,6 +737,11 @@ def crops_markdown(crops: dict[str, dict]) -> str:
                     cell += f" · <centre {s['fewer_than_centre']}"
                 cells.append(cell)
             lines.append("| " + " | ".join(cells) + " |")
+        if crop.get("first_pass_only"):
+            lines.append(
+                f"\nFirst pass only (tiled faces too small to show): {len(crop['first_pass_only'])}"
+                f" of {len(crop['cases'])} cases: {', '.join(crop['first_pass_only'])}"
+            )
     lines.append(
         "\nall: share of cases keeping every labelled face whole, among the (n) cases where they "
         "all fit; largest: share keeping the largest face whole among the (n) where they don't; "
@@ -956,6 +983,16 @@ def main(argv: list[str] | None = None) -> int:
     detection = [evaluate_detection(models, photos, raws, c) for c in [*configs(), *extra, service]]
     crop_configs = [BEFORE, proposal]
     crops = {c.name: evaluate_crops(models, photos, images, raws, c) for c in crop_configs}
+    # The same crops drawn as 256 px thumbnails: the service skips the tiled pass where its
+    # faces would come out too small to show (face_refine.tiled_faces_visible).
+    # Scored on the faces a thumbnail shows, with the tiled pass always and with the rule.
+    thumbnails = f"{proposal.name}, {THUMBNAIL_SIDE} px thumbnails"
+    crops[f"{thumbnails}, tiled pass always"] = evaluate_crops(
+        models, photos, images, raws, proposal, thumbnail=THUMBNAIL_SIDE, rule=False
+    )
+    crops[f"{thumbnails}, the service's rule"] = evaluate_crops(
+        models, photos, images, raws, proposal, thumbnail=THUMBNAIL_SIDE
+    )
 
     if args.picture:
         photo = next(p for p in photos if p["id"] == args.picture_photo)

@@ -32,6 +32,12 @@ class CacheKey:
         # hashlib releases the GIL on large buffers: run this on a worker thread.
         return cls(hashlib.sha256(data).digest(), classes, detector)
 
+    def first_pass_only(self) -> CacheKey:
+        """The key of this source's detections made without the tiled pass for small faces
+        (for a request whose output could not show them: `imagesvc.engine`), kept apart from
+        the complete answer, which serves every request."""
+        return CacheKey(self.digest, self.classes, ("first pass only", self.detector))
+
 
 class DetectionCache:
     """At most ``entries`` results; 0 disables the cache (nothing is hashed or stored)."""

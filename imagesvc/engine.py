@@ -404,6 +404,8 @@ class _Run:
     cached: tuple[DetectedObject, ...] | None = None
     preview: np.ndarray | None = None
     prepared: int = -1  # the step whose ``prepare`` ran on ``image`` (OpSpec.prepare)
+    # False: the output could not show the faces the tiled pass finds (Engine._first_pass_enough).
+    tiled_pass: bool = True
 
 
 class Engine:
@@ -580,10 +582,15 @@ class Engine:
         # cached or there is no detector: they segment the same image.
         regions = request.needs_regions
         detects = (request.needs_detections or regions) and self.detector is not None
+        first_pass_enough = detects and self._first_pass_enough(request, header, shrink)
         if detects or regions:
             if detects and self.cache.enabled:
                 key = CacheKey.of(request.data, request.detection_classes, self._detector_identity)
                 cached = self.cache.get(key)
+                if first_pass_enough:
+                    # The complete answer serves this request too; else the first pass's own.
+                    key = key.first_pass_only()
+                    cached = cached if cached is not None else self.cache.get(key)
                 self.metrics.detection_cache(cached is not None)
             if cached is None or regions:
                 side = settings.detection_max_side
@@ -593,7 +600,7 @@ class Engine:
                 shrink = factor if shared else shrink
                 detection = (factor, shared)
         tiled = None
-        if detection is not None and cached is None:
+        if detection is not None and cached is None and not first_pass_enough:
             tiled = self.tiled_input_plan(header, request.detection_classes)
         source = source_info(
             header, shrink, len(request.data), settings, detection, tiled[1] if tiled else None
@@ -632,8 +639,38 @@ class Engine:
         ops = tuple(op for pipeline in request.pipelines for op in pipeline)
         return _Run(
             request, header, ctx, image, ops, plan, source, cache_key=key, cached=cached,
-            preview=preview,
+            preview=preview, tiled_pass=not first_pass_enough,
         )  # fmt: skip
+
+    def _first_pass_enough(self, request: ProcessRequest, header: Header, shrink: int) -> bool:
+        """Whether the first detection pass serves ``request`` as well as the tiled pass for
+        small faces would: the pass could run for this source, and the request's only use of
+        the detections is its first step placing its output by them (gravity) at a scale where
+        the faces only the tiled pass finds would come out too small to show
+        (`face_refine.tiled_faces_visible`). Regions, drawing, blurring, pixelating and
+        cropping to the objects need every face: never."""
+        if (
+            request.needs_regions
+            or self.settings.detection_min_output_face_px <= 0
+            or self.tiled_input_plan(header, request.detection_classes) is None
+        ):
+            return False
+        ops = [op for pipeline in request.pipelines for op in pipeline]
+        users = [i for i, op in enumerate(ops) if op.spec.needs_detections(op.options)]
+        if users != [0]:
+            return False
+        shape = source_info(header, shrink, len(request.data), self.settings).shape
+        scale = ops[0].spec.placement_scale(ops[0].options, shape)
+        if scale is None:
+            return False
+        long_side = max(header.oriented_size)
+        first_side = min(self.settings.detection_max_side, long_side)
+        return not face_refine.tiled_faces_visible(
+            long_side,
+            first_side,
+            scale,
+            min_output_face_px=self.settings.detection_min_output_face_px,
+        )
 
     def _timed(self, name: str, func: Callable[..., T], *args) -> T:
         started = time.perf_counter()
@@ -895,7 +932,13 @@ class Engine:
                 objects = run.cached
             else:
                 objects = await self._detect_objects(
-                    rgb, run.header, request.data, request.detection_classes, run.cache_key, ctx
+                    rgb,
+                    run.header,
+                    request.data,
+                    request.detection_classes,
+                    run.cache_key,
+                    ctx,
+                    tiled_pass=run.tiled_pass,
                 )
             if segmented is not None:
                 ctx.regions = await self._regions(rgb, objects, await segmented, run.header, ctx)
@@ -1005,9 +1048,12 @@ class Engine:
         classes: frozenset[str] | None,
         key: CacheKey | None,
         ctx: StepContext,
+        *,
+        tiled_pass: bool = True,
     ) -> tuple[DetectedObject, ...]:
         """Detections in ``rgb`` (the detector's input), refined by the tiled pass when the
-        rule asks for it, in oriented source pixels, cached under ``key``; none when detection
+        rule asks for it (and ``tiled_pass``: the output can show what it finds), in oriented
+        source pixels, cached under ``key``; none when detection
         is unavailable (``ctx.detection_failure`` says why, and nothing is cached). When the
         first pass found no face, the rule counts the detector's face hints on ``rgb``
         (``face_hints``, when it has them: `inference.client.Detector.face_hints`). When only
@@ -1017,7 +1063,7 @@ class Engine:
         if detections is None:
             return ()
         complete = True
-        plan = self.tiled_input_plan(header, classes)
+        plan = self.tiled_input_plan(header, classes) if tiled_pass else None
         sides = max(header.oriented_size), max(rgb.shape[:2])
         heights = [d.height for d in detections if d.class_name == "face"]
         hints: int | None = None

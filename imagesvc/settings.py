@@ -358,6 +358,13 @@ class Settings(BaseSettings):
         "first pass found no face 40 px or taller there, run BlazeFace full range again on 12 "
         "overlapping tiles of a 2048 px copy (see Detections); false: never.",
     )
+    detection_min_output_face_px: float = Field(
+        16.0,
+        ge=0,
+        description="When a request only places its first step's crop by the detections "
+        "(object gravity) and draws it so small that faces the tiled pass finds would come out "
+        "shorter than this, skip the face hints and the tiled pass; 0: never skip.",
+    )
     detection_cache_entries: int = Field(
         1024,
         ge=0,

@@ -31,6 +31,11 @@ tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
    face-free photos of the labelled set give at most 2 (bench/README.md, "Detection"). Weak
    first-pass candidates were measured first and do not tell them apart: the crowd's best
    full-range score is 0.05, below many textures'.
+5. **Only faces an output can show** (`tiled_faces_visible`): the faces the tiled pass adds are
+   under `FIRST_PASS_MIN_FACE_PX` at the first pass's input; when every step that uses the
+   detections only places its output by them (gravity) and draws that output so small that
+   such faces would come out under `MIN_OUTPUT_FACE_PX`, the service skips the hints and the
+   tiled pass (a 256 px thumbnail of a camera photo: faces under ~13 px).
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ LARGE_FACE_PX = 40.0
 HINT_GRID = (2, 2)
 HINT_SCORE_THRESHOLD = 0.5
 MIN_FACE_HINTS = 3
+# The faces the tiled pass adds are under this height at the first pass's input: the first
+# pass finds none of the labelled faces under 20 px there and 7 of 8 at 20-40 px
+# (bench/README.md, "Detection").
+FIRST_PASS_MIN_FACE_PX = 20.0
+# A face shorter than this in an output is a few blobs, not a face anyone recognises: a step
+# that only places its output by the faces (gravity) has no use for faces that come out
+# smaller, so for it the tiled pass (and its hints) is skipped (`tiled_faces_visible`).
+MIN_OUTPUT_FACE_PX = 16.0
 # suppress_group_boxes: share of a kept box's area inside the candidate for it to count as
 # contained, and how many contained boxes make the candidate a group box.
 GROUP_CONTAINMENT = 0.8
@@ -213,6 +226,24 @@ def needs_face_hints(
     """Whether `needs_tiled_pass` turns on the face hints: the source is large enough to tile
     and the first pass found no face (a large face says no, a small one yes, without them)."""
     return not face_heights and source_long_side >= min_source_ratio * first_input_long_side
+
+
+def tiled_faces_visible(
+    source_long_side: int,
+    first_input_long_side: int,
+    output_scale: float,
+    *,
+    first_pass_min_face_px: float = FIRST_PASS_MIN_FACE_PX,
+    min_output_face_px: float = MIN_OUTPUT_FACE_PX,
+) -> bool:
+    """Whether the faces only the tiled pass finds (under ``first_pass_min_face_px`` at the
+    first pass's input) can come out at least ``min_output_face_px`` tall in an output drawn at
+    ``output_scale`` output pixels per source pixel. False: an output that only places itself
+    by the faces (gravity) gets the same answer from the first pass alone, for less."""
+    if source_long_side <= 0 or first_input_long_side <= 0:
+        return True
+    input_scale = first_input_long_side / source_long_side
+    return first_pass_min_face_px * output_scale / input_scale >= min_output_face_px
 
 
 def tiled_input_side(source_long_side: int, side: int = TILED_INPUT_SIDE) -> int:

@@ -212,9 +212,12 @@ async def describe(engine: Engine, data: bytes, classes=None, timeout: float = 3
     return await engine.describe(data, True, time.monotonic() + timeout, classes=classes)
 
 
-def object_gravity_fill(classes=()) -> list[pb.Operation]:
+def object_gravity_fill(classes=(), size=(660, 450)) -> list[pb.Operation]:
+    """An object-gravity fill; at the default size (0.15 of the scene) a face under
+    face_refine.FIRST_PASS_MIN_FACE_PX at the first pass's input would come out 26 px: the
+    tiled pass may run (face_refine.tiled_faces_visible)."""
     gravity = pb.Gravity(object=pb.ObjectGravity(classes=list(classes)))
-    fill = pb.Resize(type=pb.RESIZING_TYPE_FILL, width=300, height=200, gravity=gravity)
+    fill = pb.Resize(type=pb.RESIZING_TYPE_FILL, width=size[0], height=size[1], gravity=gravity)
     return [pb.Operation(resize=fill)]
 
 
@@ -509,6 +512,94 @@ async def test_the_plan_holds_the_tiled_input_when_the_pass_may_run(
     assert tiled[0] is not None
     assert (tiled[0].side, tiled[0].shrink, tiled[0].shared) == (2048, 2, False)
     assert (tiled[0].decoded.width, tiled[0].decoded.height) == (2200, 1500)
+
+
+# --- Outputs too small to show what it finds --------------------------------------------------
+
+THUMBNAIL = (300, 200)  # 0.068 of the scene: a 20 px face at the first input comes out 12 px
+
+
+def blur_faces_thumbnail() -> list[pb.Operation]:
+    fill = pb.Resize(type=pb.RESIZING_TYPE_FILL, width=THUMBNAIL[0], height=THUMBNAIL[1])
+    blur = pb.BlurDetections(sigma=8, classes=["face"])
+    return [pb.Operation(resize=fill), pb.Operation(blur_detections=blur)]
+
+
+async def test_a_thumbnail_placed_by_the_faces_skips_the_hints_and_the_tiles(make_engine, crowd):
+    # The crowd's faces are too small for the first pass: in a 300x200 thumbnail they (and any
+    # face only the tiled pass finds) would be under face_refine.MIN_OUTPUT_FACE_PX.
+    detector = TilingDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    processed = await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    assert detector.hint_calls == [] and detector.tile_calls == []
+    assert (processed.width, processed.height) == THUMBNAIL
+    assert processed.degradations == ()
+    assert face_boxes(processed.objects) == []
+    # A larger output of the same photo could show them: hints, then the tiled pass.
+    processed = await process(engine, crowd, object_gravity_fill())
+    assert len(detector.hint_calls) == 1 and len(detector.tile_calls) == 1
+    assert len(face_boxes(processed.objects)) == len(SMALL)
+
+
+async def test_a_thumbnail_looks_for_small_faces_when_the_setting_says_so(make_engine, crowd):
+    detector = TilingDetector()
+    engine = make_engine(detector, detection_cache_entries=0, detection_min_output_face_px=0)
+    processed = await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    assert len(detector.hint_calls) == 1 and len(detector.tile_calls) == 1
+    assert len(face_boxes(processed.objects)) == len(SMALL)
+    # Lowered to what a 300x200 thumbnail shows of a 20 px face at the first input (12 px).
+    engine = make_engine(detector, detection_cache_entries=0, detection_min_output_face_px=11)
+    await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    assert len(detector.hint_calls) == 2 and len(detector.tile_calls) == 2
+
+
+async def test_a_thumbnail_that_blurs_the_faces_still_looks_for_every_face(make_engine, crowd):
+    # Anonymisation needs every face whatever the output's size: only placement may skip.
+    detector = TilingDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    await process(engine, crowd, blur_faces_thumbnail())
+    assert len(detector.hint_calls) == 1 and len(detector.tile_calls) == 1
+
+
+async def test_gravity_after_another_step_keeps_the_whole_rule(make_engine, crowd):
+    # The scale a later step sees the faces at is not planned here: it gets every face.
+    detector = TilingDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    turn = pb.Operation(flip=pb.Flip(horizontal=True))
+    await process(engine, crowd, [turn, *object_gravity_fill(size=THUMBNAIL)])
+    assert len(detector.hint_calls) == 1 and len(detector.tile_calls) == 1
+
+
+async def test_first_pass_answers_are_cached_apart_from_complete_ones(make_engine, crowd):
+    detector, metrics = TilingDetector(), CacheMetrics()
+    engine = make_engine(detector, metrics)
+    await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    assert metrics.lookups == [False, True]
+    assert len(detector.first_inputs) == 1 and detector.tile_calls == []
+    # The first pass's answer does not serve a request that can show the small faces ...
+    described = await describe(engine, crowd)
+    assert metrics.lookups == [False, True, False]
+    assert len(detector.tile_calls) == 1
+    assert len(face_boxes(described.objects)) == len(SMALL)
+    # ... and the complete answer serves both kinds.
+    processed = await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
+    assert metrics.lookups == [False, True, False, True]
+    assert len(detector.first_inputs) == 2 and len(detector.tile_calls) == 1
+    assert face_boxes(processed.objects) == face_boxes(described.objects)
+
+
+async def test_a_thumbnail_plan_holds_no_tiled_input(make_engine, crowd, monkeypatch):
+    sources: list[planning.SourceInfo] = []
+    original = planning.plan_request
+
+    def recording(source, *args, **kwargs):
+        sources.append(source)
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(planning, "plan_request", recording)
+    await process(make_engine(TilingDetector()), crowd, object_gravity_fill(size=THUMBNAIL))
+    assert [source.tiled_detection_input for source in sources] == [None]
 
 
 # --- Deadlines ---------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ def _never(options: Any) -> bool:
     return False
 
 
+def _every_object(options: Any, shape: Any) -> float | None:
+    return None
+
+
 def _own_classes(options: Any) -> frozenset[str] | None:
     # A detection op's own class filter (None: every class).
     return getattr(options, "classes", None)
@@ -56,6 +60,12 @@ class OpSpec:
     # model). Such a step needs detections too (faces seed the skin model): the engine sets
     # regions before detections, so waiting for detections waits for both.
     needs_regions: Callable[[Any], bool] = _never
+    # (options, input Shape) -> output pixels per input pixel, for a step that uses its
+    # detections only to place its output (gravity): detections too small to show at that
+    # scale need not be looked for (inference.face_refine.tiled_faces_visible). None: the
+    # step needs every object it is given, whatever its size (drawing, blurring, cropping to
+    # them).
+    placement_scale: Callable[[Any, Any], float | None] = _every_object
 
 
 def _spec(module: Any) -> OpSpec:
@@ -67,6 +77,7 @@ def _spec(module: Any) -> OpSpec:
         getattr(module, "detection_classes", _own_classes),
         getattr(module, "prepare", None),
         getattr(module, "needs_regions", _never),
+        getattr(module, "placement_scale", _every_object),
     )
 
 

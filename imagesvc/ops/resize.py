@@ -78,6 +78,16 @@ def needs_detections(opts: ResizeOptions) -> bool:
     return isinstance(opts.gravity, ObjectGravity) and opts.type in ("fill", "fill_down", "auto")
 
 
+def placement_scale(opts: ResizeOptions, shape: Shape) -> float | None:
+    """Object gravity only places the fill's crop window: the faces matter at the scale the
+    image is resized to (the longer side's, when the two differ)."""
+    if not needs_detections(opts):
+        return None
+    geometry = plan(shape.width, shape.height, opts)
+    width, height = geometry.resized
+    return max(width / max(1, shape.width), height / max(1, shape.height))
+
+
 def detection_classes(opts: ResizeOptions) -> frozenset[str] | None:
     return opts.gravity.classes if isinstance(opts.gravity, ObjectGravity) else None
 

@@ -207,3 +207,25 @@ def test_a_large_face_around_one_smaller_box_is_kept_and_so_is_a_better_group_bo
 def test_group_suppression_of_nothing():
     boxes, scores = suppress_group_boxes(np.zeros((0, 4)), np.zeros(0))
     assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+# --- tiled_faces_visible -----------------------------------------------------------------------
+
+
+def test_tiled_faces_are_visible_in_a_large_output_and_not_in_a_thumbnail():
+    # 4000 px source, 512 px first input: a 20 px face there is 156 px in the source.
+    assert face_refine.tiled_faces_visible(4000, 512, output_scale=1.0)
+    assert face_refine.tiled_faces_visible(4000, 512, output_scale=0.25)  # 39 px
+    assert not face_refine.tiled_faces_visible(4000, 512, output_scale=256 / 3000)  # 13 px
+
+
+def test_tiled_faces_visible_turns_at_the_minimum_output_face():
+    input_scale = 512 / 4000
+    at_threshold = face_refine.MIN_OUTPUT_FACE_PX / face_refine.FIRST_PASS_MIN_FACE_PX * input_scale
+    assert face_refine.tiled_faces_visible(4000, 512, at_threshold * 1.001)
+    assert not face_refine.tiled_faces_visible(4000, 512, at_threshold * 0.999)
+
+
+def test_tiled_faces_visible_says_yes_when_it_cannot_tell():
+    assert face_refine.tiled_faces_visible(0, 512, 0.01)
+    assert face_refine.tiled_faces_visible(4000, 0, 0.01)

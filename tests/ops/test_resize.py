@@ -563,3 +563,23 @@ def test_extend_gravity_offsets_are_dpr_scaled(make_ctx):
     assert (out.width, out.height) == (200, 200)
     ys, xs = np.nonzero(to_array(out)[:, :, 3])
     assert (xs.min(), ys.min()) == (10, 20)  # 5 px * dpr 2; 10% of the 200 px canvas
+
+
+# --- placement_scale: the scale object gravity places its crop at -------------------------------
+
+
+def test_placement_scale_is_the_fill_scale_for_object_gravity():
+    fill = ResizeOptions(type="fill", width=256, height=256, gravity=ObjectGravity(None))
+    # 4000x3000 filled into 256x256: scaled to 341x256, the larger of the two side ratios.
+    assert resize.placement_scale(fill, Shape(4000, 3000, 3, 1)) == pytest.approx(256 / 3000)
+    portrait = ResizeOptions(type="fill", width=90, height=160, gravity=ObjectGravity(None))
+    assert resize.placement_scale(portrait, Shape(4000, 3000, 3, 1)) == pytest.approx(
+        160 / 3000, rel=0.01
+    )
+
+
+def test_placement_scale_is_none_without_object_gravity():
+    shape = Shape(4000, 3000, 3, 1)
+    assert resize.placement_scale(ResizeOptions(type="fill", width=256, height=256), shape) is None
+    fit = ResizeOptions(type="fit", width=256, height=256, gravity=ObjectGravity(None))
+    assert resize.placement_scale(fit, shape) is None
