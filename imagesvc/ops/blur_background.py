@@ -21,17 +21,25 @@ from imagesvc.ops.segmentation_regions import (
 )
 from imagesvc.options import ParseContext, check_range
 from imagesvc.planning import OpEstimate, PlanEnv, Shape, costs
-from imagesvc.regions.prefilter import feathered_keep, filtered
+from imagesvc.regions.prefilter import (
+    DEFOCUS_SIGMA_PER_SHRINK,
+    defocused,
+    feathered_keep,
+    filtered,
+)
 from imagesvc.v1 import image_service_pb2 as pb
 
-# sigma 0: this share of the long side of the image the step sees.
+# sigma 0: this share of the long side of the image the step sees; ``defocus`` (no halo, so
+# no feather as wide as its reach) blurs like a portrait lens.
 AUTO_SIGMA_SHARE = 0.01
+AUTO_DEFOCUS_SHARE = 0.04
 
 METHOD_BY_ENUM = {
     pb.BACKGROUND_FILTER_UNSPECIFIED: "gaussian",
     pb.BACKGROUND_FILTER_GAUSSIAN: "gaussian",
     pb.BACKGROUND_FILTER_MEDIAN: "median",
     pb.BACKGROUND_FILTER_CHROMA: "chroma",
+    pb.BACKGROUND_FILTER_DEFOCUS: "defocus",
 }
 
 
@@ -70,7 +78,17 @@ def detection_classes(opts: BlurBackgroundOptions) -> frozenset[str]:
 def sigma_for(opts: BlurBackgroundOptions, width: int, height: int) -> float:
     if opts.sigma > 0:
         return opts.sigma
-    return min(MAX_SIGMA, max(0.5, AUTO_SIGMA_SHARE * max(width, height)))
+    share = AUTO_DEFOCUS_SHARE if opts.method == "defocus" else AUTO_SIGMA_SHARE
+    return min(MAX_SIGMA, max(0.5, share * max(width, height)))
+
+
+def margin_for(opts: BlurBackgroundOptions, sigma: float, width: int, height: int) -> float:
+    """The feather: the blur's reach (2 sigma), so that no blurred person colour shows
+    around the person; ``defocus`` leaves the person out of its blur, and its feather is the
+    automatic Gaussian's, a soft edge only."""
+    if opts.method == "defocus":
+        sigma = min(sigma, max(0.5, AUTO_SIGMA_SHARE * max(width, height)))
+    return 2 * sigma
 
 
 def run(image: pyvips.Image, opts: BlurBackgroundOptions, ctx: StepContext) -> pyvips.Image:
@@ -81,8 +99,9 @@ def run(image: pyvips.Image, opts: BlurBackgroundOptions, ctx: StepContext) -> p
         return image
     person, _ = found
     sigma = sigma_for(opts, image.width, image.height)
+    margin = margin_for(opts, sigma, image.width, image.height)
     # The filter and the original are both read: one input, read at random.
-    return background_filtered(ctx.random_access(image), person, opts.method, sigma, 2 * sigma)
+    return background_filtered(ctx.random_access(image), person, opts.method, sigma, margin)
 
 
 def background_filtered(
@@ -95,7 +114,10 @@ def background_filtered(
     if image.hasalpha():
         colour, alpha = image.extract_band(0, n=image.bands - 1), image[image.bands - 1]
     keep = feathered_keep(person, margin)
-    smooth = _filtered(colour, method, sigma)
+    if method == "defocus":
+        smooth = defocused(colour, person, sigma)
+    else:
+        smooth = _filtered(colour, method, sigma)
     # Exact on the person: keep is 1.0 there, and 8- and 16-bit samples are exact in float.
     result = (colour.cast("float") * keep + smooth.cast("float") * (1.0 - keep)).cast(colour.format)
     if alpha is not None:
@@ -119,7 +141,18 @@ def estimate(shape: Shape, opts: BlurBackgroundOptions, env: PlanEnv) -> OpEstim
     """Planned as a blur of the whole image (the person is only known once segmented) plus
     the mask's dilation and feathering and the blend."""
     sigma = sigma_for(opts, shape.width, shape.height)
-    if opts.method == "median":
+    if opts.method == "defocus":
+        # Two blurs (the weighted pixels and the weights) of a copy reduced by the shrink,
+        # the reductions, the ratio, and the enlargement back.
+        shrink = max(1.0, sigma / DEFOCUS_SIGMA_PER_SHRINK)
+        small = shape.sized(
+            max(1, round(shape.width / shrink)), max(1, round(shape.height / shrink))
+        )
+        taps = costs.gaussian_taps(sigma / shrink)
+        # In float: counted as twice the 8-bit passes.
+        work = 2 * 2 * costs.convolution_s(small, taps) + 4 * costs.copy_s(shape)
+        taps = 3  # the enlargement's window, in rows of the step's input
+    elif opts.method == "median":
         taps = 2 * max(1, int(round(sigma))) + 1
         work = costs.convolution_s(shape, taps * taps)
     else:
@@ -127,7 +160,8 @@ def estimate(shape: Shape, opts: BlurBackgroundOptions, env: PlanEnv) -> OpEstim
         work = costs.convolution_s(shape, taps)
         if opts.method == "chroma":
             work += 2 * costs.SHARPEN_NS * shape.pixels * costs.NS  # to Lab and back
-    mask_taps = costs.gaussian_taps(sigma) + 2 * (2 * int(round(2 * sigma)) + 1)
+    reach = margin_for(opts, sigma, shape.width, shape.height) / 2
+    mask_taps = costs.gaussian_taps(reach) + 2 * (2 * int(round(2 * reach)) + 1)
     mask = Shape(shape.width, shape.height, 1, 1)
     work += costs.convolution_s(mask, mask_taps) + 3 * costs.copy_s(shape)
     return OpEstimate(shape, work, window=taps, random_access=True)

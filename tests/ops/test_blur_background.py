@@ -69,6 +69,7 @@ def test_parse_violations(pctx, fields, path):
 def test_parse_filters_and_policies(pctx):
     assert parse(pctx, filter=pb.BACKGROUND_FILTER_MEDIAN).method == "median"
     assert parse(pctx, filter=pb.BACKGROUND_FILTER_CHROMA).method == "chroma"
+    assert parse(pctx, filter=pb.BACKGROUND_FILTER_DEFOCUS).method == "defocus"
     failing = parse(pctx, on_segmentation_unavailable=pb.SEGMENTATION_UNAVAILABLE_POLICY_FAIL)
     assert failing.on_unavailable is OnSegmentationUnavailable.FAIL
     assert not pctx.violations.items
@@ -98,7 +99,7 @@ def test_regions_follow_the_transform(make_ctx):
 
 
 @pytest.mark.parametrize("form", ["rgba", "grey", "grey16", "rgb16", "rgba16"])
-@pytest.mark.parametrize("method", ["gaussian", "median", "chroma"])
+@pytest.mark.parametrize("method", ["gaussian", "median", "chroma", "defocus"])
 def test_every_image_form(make_ctx, form, method):
     base = from_array(textured(W, H))
     image = {
@@ -153,7 +154,16 @@ def test_automatic_sigma_is_one_percent_of_the_long_side():
     assert blur_background.sigma_for(BlurBackgroundOptions(5.0), 2000, 1000) == 5.0
 
 
-@pytest.mark.parametrize("method", ["gaussian", "median", "chroma"])
+def test_a_defocus_blurs_like_a_lens_with_a_narrow_feather():
+    defocus = BlurBackgroundOptions(0.0, "defocus")
+    assert blur_background.sigma_for(defocus, 2000, 1000) == 80.0
+    # Its feather is the automatic Gaussian's (2 x 20 px), not its own reach (2 x 80 px).
+    assert blur_background.margin_for(defocus, 80.0, 2000, 1000) == 40.0
+    gaussian = BlurBackgroundOptions(0.0)
+    assert blur_background.margin_for(gaussian, 20.0, 2000, 1000) == 40.0
+
+
+@pytest.mark.parametrize("method", ["gaussian", "median", "chroma", "defocus"])
 def test_estimate(method, settings):
     shape = Shape(2000, 1500, 3, 1)
     estimate = blur_background.estimate(

@@ -9,6 +9,7 @@ import pytest
 from imagesvc import planning, vips
 from imagesvc.engine import open_header, output_format, plan_shrink_on_load, source_info
 from imagesvc.errors import RequestTooCostly, ResultUnencodable
+from imagesvc.encoding.plan import REGION_PREFILTER_NS_PER_PX
 from imagesvc.options import parse_process_request
 from imagesvc.settings import Settings
 from imagesvc.v1 import image_service_pb2 as pb
@@ -124,4 +125,6 @@ def test_region_aware_lossless_pays_only_the_prefilter(settings):
         ),
         op,
     )
-    assert png_regions.work_s == pytest.approx(png.work_s + 3_000_000 * 160e-9, rel=0.05)
+    assert png_regions.work_s == pytest.approx(
+        png.work_s + 3_000_000 * REGION_PREFILTER_NS_PER_PX * 1e-9, rel=0.05
+    )

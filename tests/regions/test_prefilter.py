@@ -63,3 +63,49 @@ def test_tiny_and_thin_images_are_filtered_without_error(size, method):
         from_array(source), np.zeros((height, width), np.float32), method, 4.0, 8.0
     ).numpy()
     assert out.reshape(height, width, -1).shape == (height, width, 3)
+
+
+def red_square_on_grey() -> tuple[np.ndarray, np.ndarray]:
+    """A saturated red "person" on a grey, finely striped background."""
+    array = np.full((160, 200, 3), 180, np.uint8)
+    array[:, ::6] = 90
+    array[40:120, 60:140] = (230, 20, 20)
+    return array, person_mask(160, 200)
+
+
+def test_a_defocus_spreads_no_person_colour_into_the_background():
+    # The halo a plain blur makes: the person's red blurred into the background beside it.
+    source, person = red_square_on_grey()
+    ring = (slice(20, 36), slice(60, 140))  # 4-20 px above the person, outside the feather
+    redness = {}
+    for method in ("gaussian", "defocus"):
+        out = prefilter.prefilter(from_array(source), person, method, 12.0, 4.0).numpy()
+        assert np.array_equal(out[40:120, 60:140], source[40:120, 60:140])
+        redness[method] = float(out[ring][..., 0].mean() - out[ring][..., 1].mean())
+    assert redness["gaussian"] > 15
+    assert abs(redness["defocus"]) < 2
+
+
+def test_a_defocus_flattens_the_background_at_any_strength():
+    source, person = red_square_on_grey()
+    background = (slice(0, 30), slice(0, 200))
+    before = np.abs(np.diff(source[background].astype(int), axis=1)).mean()
+    spread = []
+    for sigma in (3.0, 12.0, 48.0):
+        out = prefilter.prefilter(from_array(source), person, "defocus", sigma, 4.0).numpy()
+        spread.append(np.abs(np.diff(out[background].astype(int), axis=1)).mean())
+    assert spread[0] < 0.5 * before and spread[2] <= spread[1] <= spread[0]
+    # The stripes' mean survives (a blur, not a fill): 180 and 90, one column in six.
+    assert abs(out[background].mean() - (5 * 180 + 90) / 6) < 4
+
+
+def test_defocused_checks_the_mask_and_covers_a_person_filling_the_frame():
+    source, _ = red_square_on_grey()
+    with pytest.raises(ValueError, match="mask is"):
+        prefilter.defocused(from_array(source), np.zeros((4, 4), np.float32), 8.0)
+    everyone = np.ones((160, 200), np.float32)
+    smooth = prefilter.defocused(from_array(source), everyone, 8.0)
+    assert (smooth.width, smooth.height) == (200, 160)
+    assert np.isfinite(smooth.numpy()).all()
+    out = prefilter.prefilter(from_array(source), everyone, "defocus", 8.0, 4.0).numpy()
+    assert np.array_equal(out, source)
