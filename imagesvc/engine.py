@@ -1063,7 +1063,9 @@ class Engine:
         if detections is None:
             return ()
         complete = True
-        plan = self.tiled_input_plan(header, classes) if tiled_pass else None
+        eligible = self.tiled_input_plan(header, classes)
+        plan = eligible if tiled_pass else None
+        outcome = "not_needed" if tiled_pass else "skipped_small_output"
         sides = max(header.oriented_size), max(rgb.shape[:2])
         heights = [d.height for d in detections if d.class_name == "face"]
         hints: int | None = None
@@ -1073,11 +1075,14 @@ class Engine:
                 hints = len(await hinter(rgb, timeout_s=max(ctx.remaining(), 0.0)))
             except InferenceError as error:
                 log.info("face_hints_unavailable", reason=error.reason, error=str(error))
-                plan, complete = None, False
+                plan, complete, outcome = None, False, "unavailable"
         if plan is not None and face_refine.needs_tiled_pass(*sides, heights, face_hints=hints):
             refined = await self._tiled_pass(rgb, detections, header, data, plan, ctx)
             complete = refined is not None
             detections = detections if refined is None else refined
+            outcome = "tiled" if complete else "unavailable"
+        if eligible is not None:
+            self.metrics.small_face_pass(outcome)
         width, height = header.oriented_size
         to_source = Affine.scale(width / rgb.shape[1], height / rgb.shape[0])
         objects = tuple(

@@ -203,9 +203,13 @@ def make_engine():
 class CacheMetrics(NullMetrics):
     def __init__(self) -> None:
         self.lookups: list[bool] = []
+        self.small_face_passes: list[str] = []
 
     def detection_cache(self, hit: bool) -> None:
         self.lookups.append(hit)
+
+    def small_face_pass(self, outcome: str) -> None:
+        self.small_face_passes.append(outcome)
 
 
 async def describe(engine: Engine, data: bytes, classes=None, timeout: float = 30.0):
@@ -360,6 +364,7 @@ async def test_no_tiled_pass_on_a_face_free_photo(make_engine, face_free):
     assert len(detector.hint_calls) == 1 and detector.tile_calls == []
     assert [o.class_name for o in described.objects] == ["hand"]
     assert described.degradations == ()
+    assert metrics.small_face_passes == ["not_needed"]
     # A complete answer: cached, and the next request asks neither the hints nor the tiles.
     processed = await process(engine, face_free, object_gravity_fill())
     assert metrics.lookups == [False, True]
@@ -411,6 +416,7 @@ async def test_failed_face_hints_keep_the_first_pass_undegraded_and_uncached(
         assert [o.model for o in described.objects] == ["palm"]
     assert metrics.lookups == [False, False]
     assert len(detector.hint_calls) == 2 and detector.tile_calls == []
+    assert metrics.small_face_passes == ["unavailable"] * 2
 
 
 async def test_no_tiled_pass_when_the_first_pass_found_a_large_face(make_engine, large_face):
@@ -431,7 +437,7 @@ async def test_no_tiled_pass_when_the_first_pass_found_a_large_face(make_engine,
 async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case):
     detector = TilingDetector(can_tile=case != "detector cannot tile")
     settings = {"detection_tiled_pass": False} if case == "setting off" else {}
-    engine = make_engine(detector, **settings)
+    engine = make_engine(detector, CacheMetrics(), **settings)
     classes = HAND if case == "face not asked" else None
     data = small_faces
     if case == "small source":
@@ -441,6 +447,7 @@ async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case)
     described = await describe(engine, data, classes=classes)
     assert len(detector.first_inputs) == 1 and detector.tile_calls == []
     assert detector.hint_calls == []
+    assert engine.metrics.small_face_passes == []  # not a source the pass could run on
     expected_faces = 1 if case in ("setting off", "detector cannot tile") else 0
     assert len(face_boxes(described.objects)) == expected_faces  # only MEDIUM, first pass
     assert described.degradations == ()
@@ -471,6 +478,7 @@ async def test_a_failed_tiled_pass_keeps_the_first_pass_undegraded_and_uncached(
     # ... and not cached: the next request asks Triton again.
     assert metrics.lookups == [False, False]
     assert len(detector.first_inputs) == 2 and len(detector.tile_calls) == 2
+    assert metrics.small_face_passes == ["unavailable"] * 2
     processed = await process(engine, small_faces, object_gravity_fill())
     assert processed.degradations == ()
     assert sorted(o.model for o in processed.objects) == ["first", "palm"]
@@ -528,8 +536,8 @@ def blur_faces_thumbnail() -> list[pb.Operation]:
 async def test_a_thumbnail_placed_by_the_faces_skips_the_hints_and_the_tiles(make_engine, crowd):
     # The crowd's faces are too small for the first pass: in a 300x200 thumbnail they (and any
     # face only the tiled pass finds) would be under face_refine.MIN_OUTPUT_FACE_PX.
-    detector = TilingDetector()
-    engine = make_engine(detector, detection_cache_entries=0)
+    detector, metrics = TilingDetector(), CacheMetrics()
+    engine = make_engine(detector, metrics, detection_cache_entries=0)
     processed = await process(engine, crowd, object_gravity_fill(size=THUMBNAIL))
     assert detector.hint_calls == [] and detector.tile_calls == []
     assert (processed.width, processed.height) == THUMBNAIL
@@ -539,6 +547,7 @@ async def test_a_thumbnail_placed_by_the_faces_skips_the_hints_and_the_tiles(mak
     processed = await process(engine, crowd, object_gravity_fill())
     assert len(detector.hint_calls) == 1 and len(detector.tile_calls) == 1
     assert len(face_boxes(processed.objects)) == len(SMALL)
+    assert metrics.small_face_passes == ["skipped_small_output", "tiled"]
 
 
 async def test_a_thumbnail_looks_for_small_faces_when_the_setting_says_so(make_engine, crowd):

@@ -53,6 +53,9 @@ class DogStatsdMetrics:
         result = "hit" if hit else "miss"
         self._statsd.increment(names.DD_DETECTION_CACHE_LOOKUPS, tags=[f"result:{result}"])
 
+    def small_face_pass(self, outcome: str) -> None:
+        self._statsd.increment(names.DD_SMALL_FACE_PASSES, tags=[f"outcome:{outcome}"])
+
     def not_modified(self, source: str) -> None:
         self._statsd.increment(names.DD_NOT_MODIFIED, tags=[f"source:{source}"])
 

@@ -31,6 +31,7 @@ class Metrics(Protocol):
     def image_bytes(self, direction: str, fmt: str, size: int) -> None: ...
     def triton_ready(self, ready: bool) -> None: ...
     def detection_cache(self, hit: bool) -> None: ...
+    def small_face_pass(self, outcome: str) -> None: ...
     def not_modified(self, source: str) -> None: ...
     def processing_skipped(self, fmt: str) -> None: ...
     def fallback_used(self, reason: str) -> None: ...
@@ -93,6 +94,15 @@ class PrometheusMetrics:
             names.DETECTION_CACHE_LOOKUPS,
             "Detection cache lookups, by result (hit: Triton was not called).",
             ("result",),
+            **kw,
+        )
+        self._small_face_passes = Counter(
+            names.SMALL_FACE_PASSES,
+            "Detections on sources large enough for the tiled pass for small faces, by what "
+            "became of it: tiled (it ran), not_needed (the first pass or its face hints said "
+            "no), skipped_small_output (the output could not show what it finds), unavailable "
+            "(Triton failed in the hints or the pass: the first pass's faces were used).",
+            ("outcome",),
             **kw,
         )
         self._not_modified = Counter(
@@ -181,6 +191,9 @@ class PrometheusMetrics:
 
     def detection_cache(self, hit: bool) -> None:
         self._detection_cache.labels("hit" if hit else "miss").inc()
+
+    def small_face_pass(self, outcome: str) -> None:
+        self._small_face_passes.labels(outcome).inc()
 
     def not_modified(self, source: str) -> None:
         self._not_modified.labels(source).inc()

@@ -1,4 +1,4 @@
-"""Detection cache lookups are counted by result, in Prometheus and in DogStatsD."""
+"""Detection cache lookups and the small-face passes are counted, in Prometheus and in DogStatsD."""
 
 from __future__ import annotations
 
@@ -40,3 +40,18 @@ def test_dogstatsd_counts_hits_and_misses_and_fan_out_reaches_both():
         ("detection_cache.lookups", ["result:miss"]),
     ]
     assert registry.get_sample_value(names.DETECTION_CACHE_LOOKUPS, {"result": "hit"}) == 1
+
+
+def test_small_face_passes_are_counted_by_outcome_in_prometheus_and_dogstatsd():
+    from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
+
+    statsd = RecordingStatsd()
+    registry = CollectorRegistry()
+    metrics = FanOutMetrics(PrometheusMetrics(registry), DogStatsdMetrics("imagesvc", statsd))
+    for outcome in ("tiled", "skipped_small_output", "skipped_small_output"):
+        metrics.small_face_pass(outcome)
+    value = registry.get_sample_value
+    assert names.SMALL_FACE_PASSES == "imagesvc_detection_small_face_passes_total"
+    assert value(names.SMALL_FACE_PASSES, {"outcome": "skipped_small_output"}) == 2
+    assert value(names.SMALL_FACE_PASSES, {"outcome": "tiled"}) == 1
+    assert statsd.increments[0] == ("detection.small_face_passes", ["outcome:tiled"])
