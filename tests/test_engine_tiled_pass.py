@@ -497,9 +497,9 @@ async def test_a_refined_answer_is_cached(make_engine, small_faces):
     assert off._detector_identity != engine._detector_identity
 
 
-async def test_the_plan_holds_the_tiled_input_when_the_pass_may_run(
-    make_engine, small_faces, monkeypatch
-):
+@pytest.fixture
+def planned_sources(monkeypatch) -> list[planning.SourceInfo]:
+    """The SourceInfo of every plan the engine makes from now on."""
     sources: list[planning.SourceInfo] = []
     original = planning.plan_request
 
@@ -508,6 +508,13 @@ async def test_the_plan_holds_the_tiled_input_when_the_pass_may_run(
         return original(source, *args, **kwargs)
 
     monkeypatch.setattr(planning, "plan_request", recording)
+    return sources
+
+
+async def test_the_plan_holds_the_tiled_input_when_the_pass_may_run(
+    make_engine, small_faces, planned_sources
+):
+    sources = planned_sources
     await process(make_engine(TilingDetector()), small_faces, object_gravity_fill())
     await process(
         make_engine(TilingDetector(), detection_tiled_pass=False),
@@ -598,17 +605,9 @@ async def test_first_pass_answers_are_cached_apart_from_complete_ones(make_engin
     assert face_boxes(processed.objects) == face_boxes(described.objects)
 
 
-async def test_a_thumbnail_plan_holds_no_tiled_input(make_engine, crowd, monkeypatch):
-    sources: list[planning.SourceInfo] = []
-    original = planning.plan_request
-
-    def recording(source, *args, **kwargs):
-        sources.append(source)
-        return original(source, *args, **kwargs)
-
-    monkeypatch.setattr(planning, "plan_request", recording)
+async def test_a_thumbnail_plan_holds_no_tiled_input(make_engine, crowd, planned_sources):
     await process(make_engine(TilingDetector()), crowd, object_gravity_fill(size=THUMBNAIL))
-    assert [source.tiled_detection_input for source in sources] == [None]
+    assert [source.tiled_detection_input for source in planned_sources] == [None]
 
 
 # --- Deadlines ---------------------------------------------------------------------------------
