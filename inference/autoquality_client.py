@@ -392,9 +392,14 @@ class QualityPredictor(TritonModelClient):
         if self._mismatch is not None:
             raise InferenceError(MISMATCH, self._mismatch)
         timeout = call_timeout(self.timeout_s, timeout_s)
-        return await self.breaker.guarded(self._predict(vector, timeout), trip_on=TRIPPING_REASONS)
+        return await self.breaker.guarded(
+            self._predict(vector, timeout, callers_deadline=timeout < self.timeout_s),
+            trip_on=TRIPPING_REASONS,
+        )
 
-    async def _predict(self, vector: np.ndarray, timeout: float) -> Prediction:
+    async def _predict(
+        self, vector: np.ndarray, timeout: float, *, callers_deadline: bool
+    ) -> Prediction:
         deadline = time.monotonic() + timeout
 
         def remaining() -> float:
@@ -414,8 +419,12 @@ class QualityPredictor(TritonModelClient):
             infer_input.set_data_from_numpy(vector[None])
             requested = [triton_grpc.InferRequestedOutput(spec.output_name)]
             started = time.perf_counter()
-            result = await self._grpc().infer(
-                self.model_name, [infer_input], outputs=requested, client_timeout=remaining()
+            result = await self._infer_call(
+                self.model_name,
+                [infer_input],
+                requested,
+                remaining(),
+                callers_deadline=callers_deadline,
             )
         except InferenceServerException as error:
             raise to_inference_error(error, self.model_name) from error

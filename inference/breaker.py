@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Coroutine
 from typing import Any, TypeVar
 
-from inference.errors import InferenceUnavailable
+from inference.errors import CallerDeadlinePassed, InferenceUnavailable
 
 T = TypeVar("T")
 
@@ -69,8 +69,8 @@ class CircuitBreaker:
         While open, ``calls`` is closed unawaited and `InferenceUnavailable`
         (``TRITON_CIRCUIT_OPEN``) is raised. An `InferenceUnavailable` from ``calls`` opens
         the breaker (only one whose ``reason`` is in ``trip_on``, when given: a client whose
-        one model is missing should not stop the others); a result closes it. Other errors
-        leave it as it is.
+        one model is missing should not stop the others; never `CallerDeadlinePassed`); a
+        result closes it. Other errors leave it as it is.
         """
         if self._opened is not None:
             if time.monotonic() - self._opened < self.retry_after_s:
@@ -82,6 +82,8 @@ class CircuitBreaker:
         try:
             result = await calls
         except InferenceUnavailable as error:
+            if isinstance(error, CallerDeadlinePassed):
+                raise  # the caller's hurry, not Triton's health; leaves the breaker as it is
             if trip_on is None or error.reason in trip_on:
                 self._opened = time.monotonic()
             raise

@@ -51,8 +51,9 @@ Contract with the service:
 - One `Detector` per process. Its gRPC channel is created lazily, by the first
   ``detect``/``ready`` call, inside the running event loop (a ``grpc.aio`` channel belongs
   to the loop it was made in); ``close()`` it on shutdown.
-- Every Triton call carries ``client_timeout``. Triton unreachable, a deadline passed, or
-  a model missing/not ready raise `InferenceUnavailable` (reasons ``TRITON_UNAVAILABLE``,
+- Every Triton call has a timeout; an inference request is never cancelled when it passes
+  (ABANDONED_CALL_DEADLINE_S says why), only no longer waited for. Triton unreachable, a
+  deadline passed, or a model missing/not ready raise `InferenceUnavailable` (reasons ``TRITON_UNAVAILABLE``,
   ``TRITON_TIMEOUT``, ``MODEL_NOT_READY``); any other Triton error raises `InferenceError`
   with ``TRITON_<STATUS>``: a bug or a model-contract mismatch, not worth retrying.
 - ``ready()`` is the readiness probe: server ready, every model ready, and every model's
@@ -83,7 +84,7 @@ from inference import face_refine
 from inference.breaker import CircuitBreaker
 from inference.ssd import clip_boxes, iou
 from inference.detection import Detection
-from inference.errors import InferenceError, InferenceUnavailable
+from inference.errors import CallerDeadlinePassed, InferenceError, InferenceUnavailable
 from inference.mediapipe_detectors import MediaPipeDetector
 from inference.models import DetectionModel
 
@@ -175,6 +176,21 @@ CHANNEL_ARGS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+# No inference request is ever cancelled. Triton 2.51 (release 24.10: the nvidia-pytriton
+# sidecar and the k8s image) can die of a SIGSEGV in its gRPC infer handler when a client
+# cancels a request in flight, which is what a deadline shorter than the inference does
+# (triton-inference-server/server#7368, fixed in 24.12 by #7840; a related race, #8034, in
+# 25.01). Measured here (tests/inference/test_uncancelled_calls.py): 300 rounds of four
+# detects with 4-15 ms deadlines killed the local sidecar every time. So a call's timeout is
+# kept on this side: the caller stops waiting and gets TRITON_TIMEOUT, and the request is left
+# to finish (abandoned). Its own gRPC deadline is ABANDONED_CALL_DEADLINE_S, far past what a
+# live Triton takes; a client holds at most MAX_ABANDONED_CALLS of them (their tensors stay in
+# memory until Triton answers): Triton that has left that many unanswered is unavailable.
+ABANDONED_CALL_DEADLINE_S = 60.0
+MAX_ABANDONED_CALLS = 16
+# How long close() lets abandoned calls finish before closing the channel under them.
+CLOSE_GRACE_S = 2.0
 
 _UNAVAILABLE_STATUSES = {
     "StatusCode.UNAVAILABLE": "TRITON_UNAVAILABLE",
@@ -292,6 +308,69 @@ class TritonModelClient:
         self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
         self.on_inference = on_inference
         self._client = None
+        self._abandoned: set[asyncio.Future] = set()
+
+    @property
+    def abandoned_calls(self) -> int:
+        """Inference requests whose caller stopped waiting and that Triton has not answered
+        yet (see ABANDONED_CALL_DEADLINE_S)."""
+        return len(self._abandoned)
+
+    async def _infer_call(
+        self,
+        model_name: str,
+        inputs: list[triton_grpc.InferInput],
+        outputs: list[triton_grpc.InferRequestedOutput],
+        timeout: float,
+        *,
+        callers_deadline: bool | None = None,
+    ) -> Any:
+        """Triton's answer to one inference request, waited for at most ``timeout`` seconds.
+
+        The request is never cancelled (see ABANDONED_CALL_DEADLINE_S): when ``timeout``
+        passes, or the caller is cancelled, it is left to finish, and `InferenceUnavailable`
+        ``TRITON_TIMEOUT`` is raised: a `CallerDeadlinePassed` when ``callers_deadline``
+        (default: ``timeout`` is shorter than the client's own ``timeout_s``), i.e. the
+        caller's deadline ran out, not the time Triton is allowed.
+        With MAX_ABANDONED_CALLS still unanswered, raises ``TRITON_UNAVAILABLE`` without
+        calling. Triton's own errors raise tritonclient's `InferenceServerException`.
+        """
+        if len(self._abandoned) >= MAX_ABANDONED_CALLS:
+            raise InferenceUnavailable(
+                "TRITON_UNAVAILABLE",
+                f"{model_name}: Triton has not answered {len(self._abandoned)} earlier calls",
+            )
+        call = asyncio.ensure_future(
+            self._grpc().infer(
+                model_name,
+                inputs,
+                outputs=outputs,
+                client_timeout=max(timeout, ABANDONED_CALL_DEADLINE_S),
+            )
+        )
+        try:
+            await asyncio.wait({call}, timeout=timeout)
+        finally:
+            if not call.done():
+                self._abandon(call)
+        if not call.done():
+            message = f"{model_name}: no answer within {timeout:.3g} s"
+            if callers_deadline is None:
+                callers_deadline = timeout < self.timeout_s
+            if callers_deadline:
+                raise CallerDeadlinePassed(message)
+            raise InferenceUnavailable("TRITON_TIMEOUT", message)
+        return call.result()
+
+    def _abandon(self, call: asyncio.Future) -> None:
+        self._abandoned.add(call)
+
+        def finished(done: asyncio.Future) -> None:
+            self._abandoned.discard(done)
+            if not done.cancelled():
+                done.exception()  # nobody awaits it: retrieved, so asyncio does not log it
+
+        call.add_done_callback(finished)
 
     def _grpc(self) -> triton_grpc.InferenceServerClient:
         if self._client is None:
@@ -299,6 +378,10 @@ class TritonModelClient:
         return self._client
 
     async def close(self) -> None:
+        """Close the channel, after giving abandoned calls up to CLOSE_GRACE_S to finish
+        (closing it cancels those still in flight)."""
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=CLOSE_GRACE_S)
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -631,9 +714,7 @@ class Detector(TritonModelClient):
         requested = [triton_grpc.InferRequestedOutput(name) for name in model.outputs]
         started = time.perf_counter()
         try:
-            result = await self._grpc().infer(
-                model.name, inputs, outputs=requested, client_timeout=timeout
-            )
+            result = await self._infer_call(model.name, inputs, requested, timeout)
         except InferenceServerException as error:
             raise to_inference_error(error, model.name) from error
         elapsed = time.perf_counter() - started

@@ -25,3 +25,13 @@ class InferenceUnavailable(InferenceError):
     ``reason`` is one of ``TRITON_UNAVAILABLE`` (not reachable), ``TRITON_TIMEOUT`` (the
     call's deadline passed) or ``MODEL_NOT_READY`` (model missing, loading or unloaded).
     """
+
+
+class CallerDeadlinePassed(InferenceUnavailable):
+    """``TRITON_TIMEOUT`` because the caller's own deadline (shorter than the client's
+    timeout) ran out while Triton was still working: says nothing of Triton's health, so the
+    circuit breaker does not open on it (one caller in a hurry must not switch detection off
+    for everyone)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("TRITON_TIMEOUT", message)

@@ -85,9 +85,7 @@ class PersonSegmenter(TritonModelClient):
             infer_input.set_data_from_numpy(tensor)
             requested = [triton_grpc.InferRequestedOutput(model.output_name)]
             started = time.perf_counter()
-            result = await self._grpc().infer(
-                model.name, [infer_input], outputs=requested, client_timeout=timeout
-            )
+            result = await self._infer_call(model.name, [infer_input], requested, timeout)
         except InferenceServerException as error:
             raise to_inference_error(error, model.name) from error
         elapsed = time.perf_counter() - started

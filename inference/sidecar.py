@@ -321,6 +321,12 @@ class TritonSidecar:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def exit_status(self) -> int | None:
+        """tritonserver's exit status once it has exited (negative: killed by that signal;
+        -11 is a crash), else None."""
+        return self._process.poll() if self._process is not None else None
+
     # -- lifecycle -------------------------------------------------------------------
 
     def command(self) -> list[str]:
@@ -404,13 +410,13 @@ class TritonSidecar:
         while True:
             if self._process.poll() is not None:
                 raise SidecarError(
-                    f"tritonserver exited with status {self._process.returncode}{self._log_tail()}"
+                    f"tritonserver exited with status {self._process.returncode}{self.log_tail()}"
                 )
             if all(self._http_ok(base + path) for path in paths):
                 return
             if time.monotonic() > deadline:
                 waited = self.ready_timeout_s if timeout is None else timeout
-                raise SidecarError(f"Triton not ready after {waited:.0f}s{self._log_tail()}")
+                raise SidecarError(f"Triton not ready after {waited:.0f}s{self.log_tail()}")
             time.sleep(0.1)
 
     def launch(self, timeout: float | None = None, attempts: int = 3) -> None:
@@ -492,7 +498,9 @@ class TritonSidecar:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of tritonserver's log, headed, for an error message ("" when it logs to our
+        own stdout, or is gone)."""
         if self.log_path is None or not self.log_path.exists():
             return ""
         if self._log_file is not None:

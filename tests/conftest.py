@@ -36,6 +36,26 @@ def triton_sidecar():
         yield sidecar
 
 
+@pytest.fixture(autouse=True)
+def _triton_sidecar_survives(request):
+    """Fails the first test after which the session's tritonserver is no longer running,
+    with its exit status and the end of its log: every later Triton test would fail with
+    "connection refused" and no clue."""
+    if TRITON_FIXTURE not in request.fixturenames:
+        yield
+        return
+    sidecar = request.getfixturevalue(TRITON_FIXTURE)
+    was_running = sidecar.running
+    yield
+    if was_running and not sidecar.running:
+        pytest.fail(
+            f"the session's tritonserver died during this test "
+            f"(exit status {sidecar.exit_status})"
+            f"{sidecar.log_tail()}",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def start_server():
     """Start ``python -m imagesvc.server`` subprocesses (``start(**env) -> (server, port)``);

@@ -435,23 +435,23 @@ async def test_predict_blocking_on_the_loop_thread_is_a_runtime_error():
         predictor.predict_blocking(asyncio.get_running_loop(), FEATURES, 1.0)
 
 
-async def test_predict_blocking_gives_up_and_cancels_after_its_timeout():
-    fake = FakeTriton(infer_delay=30.0)  # ignores client_timeout: a wedged call
+async def test_predict_blocking_gives_up_after_its_timeout_and_leaves_the_call():
+    fake = FakeTriton(infer_delay=0.8)  # a call far slower than its timeout
     predictor = _predictor(fake, timeout_s=0.2)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     with pytest.raises(InferenceUnavailable) as caught:
         await asyncio.to_thread(predictor.predict_blocking, loop, FEATURES, 5.0)
     assert caught.value.reason == "TRITON_TIMEOUT"
-    assert 0.2 <= time.perf_counter() - started < 1.5
-    for _ in range(50):
-        if fake.cancelled:
-            break
-        await asyncio.sleep(0.01)
-    assert fake.cancelled
+    assert 0.2 <= time.perf_counter() - started < 0.8
+    # Given up on, not cancelled: Triton 2.51 can crash on a cancelled request
+    # (tests/inference/test_uncancelled_calls.py).
+    assert predictor.abandoned_calls == 1 and not fake.cancelled
     with pytest.raises(InferenceUnavailable) as caught:
         await asyncio.to_thread(predictor.predict_blocking, loop, FEATURES, 0)
     assert caught.value.reason == "TRITON_TIMEOUT"
+    await predictor.close()  # lets the abandoned call finish first
+    assert predictor.abandoned_calls == 0 and not fake.cancelled
 
 
 def test_predict_blocking_without_a_running_loop_is_unavailable():
