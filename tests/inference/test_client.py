@@ -237,8 +237,10 @@ async def test_breaker_fails_fast_after_a_failure_then_probes_again():
 async def test_a_passing_readiness_check_closes_the_breaker(triton_sidecar):
     detector = FaceDetector(triton_sidecar.grpc_url, timeout_s=5.0, retry_after_s=60)
     try:
-        with pytest.raises(InferenceUnavailable):  # no time at all: counts as unavailable
-            await detector.detect(skimage.data.astronaut(), timeout_s=1e-6)
+        detector.timeout_s = 1e-6  # Triton slower than the client's own timeout: opens it
+        with pytest.raises(InferenceUnavailable):
+            await detector.detect(skimage.data.astronaut())
+        detector.timeout_s = 5.0
         with pytest.raises(InferenceUnavailable) as caught:
             await detector.detect(skimage.data.astronaut())
         assert caught.value.reason == "TRITON_CIRCUIT_OPEN"
