@@ -279,9 +279,10 @@ class QualityPredictor(TritonModelClient):
         breaker: CircuitBreaker | None = None,
         retry_after_s: float = 2.0,
         on_inference: Callable[[str, float], None] | None = None,
+        on_abandoned: Callable[[str], None] | None = None,
         model_name: str = MODEL_NAME,
     ) -> None:
-        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference, on_abandoned)
         self.model_name = model_name
         self._spec: CurveSpec | None = None  # the served contract, once read and matching
         self._mismatch: str | None = None  # why the served model does not match, once read

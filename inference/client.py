@@ -299,14 +299,17 @@ class TritonModelClient:
         breaker: CircuitBreaker | None,
         retry_after_s: float,
         on_inference: Callable[[str, float], None] | None,
+        on_abandoned: Callable[[str], None] | None = None,
     ) -> None:
         """What a model client's ``__init__`` takes in common: the address, every call's
-        timeout, the circuit breaker (the detector's when shared, else its own) and the
-        ``on_inference(model, seconds)`` hook."""
+        timeout, the circuit breaker (the detector's when shared, else its own), the
+        ``on_inference(model, seconds)`` hook and ``on_abandoned(model)``, called for each
+        inference request the caller stopped waiting for (ABANDONED_CALL_DEADLINE_S)."""
         self.url = url
         self.timeout_s = timeout_s
         self.breaker = breaker if breaker is not None else CircuitBreaker(retry_after_s)
         self.on_inference = on_inference
+        self.on_abandoned = on_abandoned
         self._client = None
         self._abandoned: set[asyncio.Future] = set()
 
@@ -353,6 +356,8 @@ class TritonModelClient:
         finally:
             if not call.done():
                 self._abandon(call)
+                if self.on_abandoned is not None:
+                    self.on_abandoned(model_name)
         if not call.done():
             message = f"{model_name}: no answer within {timeout:.3g} s"
             if callers_deadline is None:
@@ -421,6 +426,10 @@ class Detector(TritonModelClient):
         `inference.autoquality_client.QualityPredictor` of the same sidecar, so that a
         failure either sees makes both fail fast. Default: a breaker of its own, with
         ``retry_after_s``.
+    on_abandoned
+        ``on_abandoned(model_name)`` for each inference request the caller stopped waiting
+        for (its timeout passed, or it was cancelled): the request is left to finish, never
+        cancelled (ABANDONED_CALL_DEADLINE_S says why).
     """
 
     def __init__(
@@ -434,8 +443,9 @@ class Detector(TritonModelClient):
         models: Iterable[DetectionModel] | None = None,
         retry_after_s: float = 2.0,
         breaker: CircuitBreaker | None = None,
+        on_abandoned: Callable[[str], None] | None = None,
     ) -> None:
-        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference, on_abandoned)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         if models is None:

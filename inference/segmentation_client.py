@@ -39,7 +39,8 @@ class PersonSegmenter(TritonModelClient):
 
     ``url``: Triton's gRPC ``host:port``; ``timeout_s``: every call's ``client_timeout``;
     ``breaker``: share the detector's (``Detector.breaker``); ``on_inference(model, seconds)``
-    after each successful call."""
+    after each successful call; ``on_abandoned(model)`` for each call given up on (as the
+    detector's)."""
 
     def __init__(
         self,
@@ -49,9 +50,10 @@ class PersonSegmenter(TritonModelClient):
         breaker: CircuitBreaker | None = None,
         retry_after_s: float = 2.0,
         on_inference: Callable[[str, float], None] | None = None,
+        on_abandoned: Callable[[str], None] | None = None,
         model: SegmentationModel = SELFIE_SEGMENTATION,
     ) -> None:
-        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference)
+        self._connect_settings(url, timeout_s, breaker, retry_after_s, on_inference, on_abandoned)
         self.model = model
 
     @property

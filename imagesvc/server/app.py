@@ -280,6 +280,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
         score_threshold=settings.detection_score_threshold,
         nms_threshold=settings.detection_nms_threshold,
         on_inference=metrics.inference,
+        on_abandoned=metrics.triton_call_abandoned,
         models=models,
         retry_after_s=settings.triton_retry_after_s,
     )
@@ -291,6 +292,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             timeout_s=settings.triton_timeout_s,
             breaker=detector.breaker,
             on_inference=metrics.inference,
+            on_abandoned=metrics.triton_call_abandoned,
             model_name=settings.autoquality_ml_model,
         )
     # Person segmentation too (IMAGESVC_SEGMENTATION_MODEL; empty: none).
@@ -301,6 +303,7 @@ async def start(settings: Settings, registry: CollectorRegistry | None = None) -
             timeout_s=settings.triton_timeout_s,
             breaker=detector.breaker,
             on_inference=metrics.inference,
+            on_abandoned=metrics.triton_call_abandoned,
             model=replace(SELFIE_SEGMENTATION, name=settings.segmentation_model),
         )
     engine = Engine(settings, detector, metrics, quality_model, segmenter=segmenter)

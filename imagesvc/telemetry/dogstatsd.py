@@ -56,6 +56,9 @@ class DogStatsdMetrics:
     def small_face_pass(self, outcome: str) -> None:
         self._statsd.increment(names.DD_SMALL_FACE_PASSES, tags=[f"outcome:{outcome}"])
 
+    def triton_call_abandoned(self, model: str) -> None:
+        self._statsd.increment(names.DD_TRITON_CALLS_ABANDONED, tags=[f"model:{model}"])
+
     def not_modified(self, source: str) -> None:
         self._statsd.increment(names.DD_NOT_MODIFIED, tags=[f"source:{source}"])
 

@@ -32,6 +32,7 @@ class Metrics(Protocol):
     def triton_ready(self, ready: bool) -> None: ...
     def detection_cache(self, hit: bool) -> None: ...
     def small_face_pass(self, outcome: str) -> None: ...
+    def triton_call_abandoned(self, model: str) -> None: ...
     def not_modified(self, source: str) -> None: ...
     def processing_skipped(self, fmt: str) -> None: ...
     def fallback_used(self, reason: str) -> None: ...
@@ -103,6 +104,13 @@ class PrometheusMetrics:
             "no), skipped_small_output (the output could not show what it finds), unavailable "
             "(Triton failed in the hints or the pass: the first pass's faces were used).",
             ("outcome",),
+            **kw,
+        )
+        self._triton_calls_abandoned = Counter(
+            names.TRITON_CALLS_ABANDONED,
+            "Triton inference requests the service stopped waiting for (the request's deadline "
+            "or the Triton timeout passed), by model; each is left to finish, never cancelled.",
+            ("model",),
             **kw,
         )
         self._not_modified = Counter(
@@ -194,6 +202,9 @@ class PrometheusMetrics:
 
     def small_face_pass(self, outcome: str) -> None:
         self._small_face_passes.labels(outcome).inc()
+
+    def triton_call_abandoned(self, model: str) -> None:
+        self._triton_calls_abandoned.labels(model).inc()
 
     def not_modified(self, source: str) -> None:
         self._not_modified.labels(source).inc()

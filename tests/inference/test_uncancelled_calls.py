@@ -64,13 +64,15 @@ IMAGE = np.zeros((32, 32, 3), np.uint8)
 
 async def test_a_call_past_its_timeout_is_left_to_finish():
     fake = SlowTriton(delay=0.2)
-    segmenter = _segmenter(fake, timeout_s=5.0, retry_after_s=0)
+    abandoned: list[str] = []
+    segmenter = _segmenter(fake, timeout_s=5.0, retry_after_s=0, on_abandoned=abandoned.append)
     with pytest.raises(InferenceUnavailable) as caught:
         await segmenter.segment(IMAGE, timeout_s=0.02)
     assert caught.value.reason == "TRITON_TIMEOUT"
     # The request went out with the long deadline, not the caller's 20 ms.
     assert fake.deadlines == [ABANDONED_CALL_DEADLINE_S]
     assert segmenter.abandoned_calls == 1 and fake.cancelled == 0
+    assert abandoned == ["selfie_segmentation"]  # the metric's hook
     await asyncio.sleep(0.4)
     assert fake.finished == 1 and fake.cancelled == 0
     assert segmenter.abandoned_calls == 0
@@ -139,7 +141,10 @@ async def test_close_lets_abandoned_calls_finish_first():
 async def test_deadlines_shorter_than_inference_leave_triton_running(triton_sidecar):
     """Before requests were left to finish, this killed tritonserver 2.51 (SIGSEGV) within a
     few hundred cancelled requests, every time it was run."""
-    detector = FaceDetector(triton_sidecar.grpc_url, timeout_s=5.0, retry_after_s=0)
+    abandoned: list[str] = []
+    detector = FaceDetector(
+        triton_sidecar.grpc_url, timeout_s=5.0, retry_after_s=0, on_abandoned=abandoned.append
+    )
     image = skimage.data.astronaut()
     deadlines = itertools.cycle([0.002, 0.004, 0.006, 0.008, 0.011, 0.015])
     outcomes: dict[str, int] = {}
@@ -154,6 +159,11 @@ async def test_deadlines_shorter_than_inference_leave_triton_running(triton_side
                 outcomes[key] = outcomes.get(key, 0) + 1
             assert triton_sidecar.running, f"tritonserver died: {outcomes}"
         assert outcomes.get("TRITON_TIMEOUT", 0) > 0  # the deadlines did cut calls short
+        assert set(abandoned) <= {"blazeface_short_range", "blazeface_full_range"} | {
+            "pose_detection",
+            "palm_detection_full",
+        }
+        assert len(abandoned) >= outcomes["TRITON_TIMEOUT"]
         for _ in range(500):  # every abandoned request answered
             if detector.abandoned_calls == 0:
                 break

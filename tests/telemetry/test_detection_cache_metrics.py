@@ -55,3 +55,18 @@ def test_small_face_passes_are_counted_by_outcome_in_prometheus_and_dogstatsd():
     assert value(names.SMALL_FACE_PASSES, {"outcome": "skipped_small_output"}) == 2
     assert value(names.SMALL_FACE_PASSES, {"outcome": "tiled"}) == 1
     assert statsd.increments[0] == ("detection.small_face_passes", ["outcome:tiled"])
+
+
+def test_abandoned_triton_calls_are_counted_by_model_in_prometheus_and_dogstatsd():
+    from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
+
+    statsd = RecordingStatsd()
+    registry = CollectorRegistry()
+    metrics = FanOutMetrics(PrometheusMetrics(registry), DogStatsdMetrics("imagesvc", statsd))
+    for model in ("blazeface_full_range", "blazeface_full_range", "autoquality"):
+        metrics.triton_call_abandoned(model)
+    value = registry.get_sample_value
+    assert names.TRITON_CALLS_ABANDONED == "imagesvc_triton_calls_abandoned_total"
+    assert value(names.TRITON_CALLS_ABANDONED, {"model": "blazeface_full_range"}) == 2
+    assert value(names.TRITON_CALLS_ABANDONED, {"model": "autoquality"}) == 1
+    assert statsd.increments[-1] == ("triton.calls_abandoned", ["model:autoquality"])
