@@ -173,7 +173,6 @@ async def test_sigterm_drains_then_stops_without_losing_requests(start_server):
 
     # Requests sent during the drain all succeed, and there were plenty of them.
     calls = load.calls
-    assert all(c.code in (OK, UNAVAILABLE) for c in calls), {c.code for c in calls}
     during_drain = [c for c in calls if sigterm <= c.sent < sigterm + DRAIN_S - 0.2]
     assert len(during_drain) >= 20
     assert all(c.code == OK for c in during_drain)
@@ -182,6 +181,13 @@ async def test_sigterm_drains_then_stops_without_losing_requests(start_server):
     refused = [c for c in calls if c.code == UNAVAILABLE]
     assert refused, "no request was refused after the stop"
     first_refused = min(c.sent for c in refused)
+    # Every answer is OK or UNAVAILABLE, except that a call racing the stop itself (sent as it
+    # began: gRPC had taken it in as its shutdown started) may come back CANCELLED.
+    odd = [(round(c.sent - sigterm, 3), c.code) for c in calls if c.code not in (OK, UNAVAILABLE)]
+    assert all(
+        code == grpc.StatusCode.CANCELLED and sent >= first_refused - sigterm - 0.1
+        for sent, code in odd
+    ), (odd, round(first_refused - sigterm, 3))
     print(f"SIGTERM -> first refused request after {first_refused - sigterm:.2f} s")
     assert first_refused >= sigterm + DRAIN_S - 0.2
     # After the stop began, nothing new is served, and after the exit the port is closed.
