@@ -80,9 +80,12 @@ class Detector(Protocol):
 
     # Optional, the tiled pass for small faces (inference.client.Detector.detect_tiles): a
     # detector with ``can_tile`` true and
-    #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s) -> list[Detection]
+    #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s, grid=...)
+    #       -> list[Detection]
     # returning ``first`` (in ``first_size`` pixels) with the faces found on tiles of
-    # ``rgb_large`` merged in. Detectors without it get one pass. Optional beside it,
+    # ``rgb_large`` merged in; on a source too small for a larger copy, ``rgb_large`` is the
+    # first input itself, cut on ``grid`` (face_refine.needs_input_tiles). Detectors without
+    # it get one pass. Optional beside it,
     #   async def face_hints(rgb, *, timeout_s) -> list[Detection]
     # (inference.client.Detector.face_hints): face-like boxes a cheap probe of the first
     # input finds, only counted, that decide the pass when the first found no face; without
@@ -473,6 +476,17 @@ class Engine:
         side = face_refine.tiled_input_side(long_side)
         return side, preview_shrink(header, side)
 
+    def input_tiles_possible(self, header: Header, classes: frozenset[str] | None) -> bool:
+        """Whether the first input's own tiles may stand in for the tiled pass on this source
+        (`face_refine.needs_input_tiles`, whose other half, the faces the first pass finds, is
+        only known after it): the tiled pass is on, ``face`` is asked for, and the source is too
+        small for a larger copy but gives a first input long enough to tile."""
+        if not self._tiles or (classes is not None and "face" not in classes):
+            return False
+        long_side = max(header.size)
+        first_side = min(self.settings.detection_max_side, long_side)
+        return face_refine.needs_input_tiles(long_side, first_side, ())
+
     @asynccontextmanager
     async def admitted(self):
         """Hold a worker slot for the whole request; refuse at once when the queue is full."""
@@ -649,10 +663,14 @@ class Engine:
         the faces only the tiled pass finds would come out too small to show
         (`face_refine.tiled_faces_visible`). Regions, drawing, blurring, pixelating and
         cropping to the objects need every face: never."""
+        classes = request.detection_classes
         if (
             request.needs_regions
             or self.settings.detection_min_output_face_px <= 0
-            or self.tiled_input_plan(header, request.detection_classes) is None
+            or (
+                self.tiled_input_plan(header, classes) is None
+                and not self.input_tiles_possible(header, classes)
+            )
         ):
             return False
         ops = [op for pipeline in request.pipelines for op in pipeline]
@@ -1068,6 +1086,13 @@ class Engine:
         outcome = "not_needed" if tiled_pass else "skipped_small_output"
         sides = max(header.oriented_size), max(rgb.shape[:2])
         heights = [d.height for d in detections if d.class_name == "face"]
+        if eligible is None and self.input_tiles_possible(header, classes):
+            if tiled_pass and face_refine.needs_input_tiles(*sides, heights):
+                refined = await self._input_tiles(rgb, detections, ctx)
+                complete = refined is not None
+                detections = detections if refined is None else refined
+                outcome = "tiled" if complete else "unavailable"
+            self.metrics.small_face_pass(outcome)
         hints: int | None = None
         hinter = getattr(self.detector, "face_hints", None)
         if plan is not None and callable(hinter) and face_refine.needs_face_hints(*sides, heights):
@@ -1121,14 +1146,36 @@ class Engine:
             side,
             ctx=ctx,
         )
+        return await self._detect_tiles(large, first, (rgb.shape[1], rgb.shape[0]), ctx)
+
+    async def _input_tiles(
+        self, rgb: np.ndarray, first: list[Detection], ctx: StepContext
+    ) -> list[Detection] | None:
+        """The tiled pass on a source too small for a larger copy: the first input's own
+        `face_refine.HINT_GRID` tiles (`face_refine.needs_input_tiles`), merged as the tiled
+        pass's are, in ``rgb``'s pixels; None when Triton failed meanwhile (as `_tiled_pass`)."""
+        size = (rgb.shape[1], rgb.shape[0])
+        return await self._detect_tiles(rgb, first, size, ctx, grid=face_refine.HINT_GRID)
+
+    async def _detect_tiles(
+        self,
+        tiled: np.ndarray,
+        first: list[Detection],
+        first_size: tuple[int, int],
+        ctx: StepContext,
+        **grid: tuple[int, int],
+    ) -> list[Detection] | None:
+        """The detector's ``detect_tiles`` with what is left of the RPC's deadline; None when
+        Triton failed (logged)."""
         tiler = self.detector
         assert tiler is not None and can_tile(tiler)
         try:
             return await tiler.detect_tiles(  # type: ignore[attr-defined]
-                large,
+                tiled,
                 first=first,
-                first_size=(rgb.shape[1], rgb.shape[0]),
+                first_size=first_size,
                 timeout_s=max(ctx.remaining(), 0.0),
+                **grid,
             )
         except InferenceError as error:
             if not isinstance(error, InferenceUnavailable):

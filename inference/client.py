@@ -561,12 +561,15 @@ class Detector(TritonModelClient):
         first: Sequence[Detection],
         first_size: tuple[int, int],
         timeout_s: float | None = None,
+        grid: tuple[int, int] = face_refine.TILE_GRID,
     ) -> list[Detection]:
         """The tiled pass (module docstring): ``first`` (the first pass's detections, in the
         pixels of its ``first_size`` = (width, height) input) with the faces found on the tiles
         of ``rgb`` merged in, best first, in ``first_size`` pixels.
 
-        ``rgb`` is the same picture as the first pass's input, larger (``(H, W, 3)`` uint8).
+        ``rgb`` is the same picture as the first pass's input, larger (``(H, W, 3)`` uint8), or
+        that input itself, cut on a smaller ``grid`` (`face_refine.needs_input_tiles`: a
+        source too small for a larger copy). ``grid``: `face_refine.plan_tiles`'.
         The tiles go to the full-range model in batched requests, or one request per tile
         (module docstring: tile requests), all sent at once; each carries ``timeout_s``
         capped by the instance's ``timeout_s``, as in ``detect``. Detections of
@@ -583,7 +586,7 @@ class Detector(TritonModelClient):
             raise ValueError(f"the tiled pass needs {TILE_MODEL}, not among {self.model_names}")
         timeout = self._call_timeout(timeout_s)
         height, width = rgb.shape[:2]
-        tiles = face_refine.plan_tiles(width, height)
+        tiles = face_refine.plan_tiles(width, height, grid)
         lists = await self._tile_faces(model, rgb, tiles, first_size, timeout)
         faces = [d for d in first if d.class_name == FACE]
         others = [d for d in first if d.class_name != FACE]

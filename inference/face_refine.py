@@ -31,7 +31,15 @@ tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
    face-free photos of the labelled set give at most 2 (bench/README.md, "Detection"). Weak
    first-pass candidates were measured first and do not tell them apart: the crowd's best
    full-range score is 0.05, below many textures'.
-5. **Only faces an output can show** (`tiled_faces_visible`): the faces the tiled pass adds are
+5. **The input's own tiles** (`needs_input_tiles`, `INPUT_TILES_MIN_SIDE`): a source too
+   small for the tiled pass (under `TILING_MIN_SOURCE_RATIO` times the first input: tiles of
+   it would only upscale) still holds faces the first pass misses, as the full-range model
+   sees the whole input at 192 px. When the first pass found no large face there, the tiles
+   of the tiled pass are cut from the first input itself on `HINT_GRID` (the face hints'
+   tiles, no new decode: each seen at ~0.66 instead of 0.375) and merged at
+   `TILE_SCORE_THRESHOLD`, as the tiled pass's are. The 640 px basketball photo's 36 px face
+   (28 px at 512) is found at 0.86 this way and by no other pass.
+6. **Only faces an output can show** (`tiled_faces_visible`): the faces the tiled pass adds are
    under `FIRST_PASS_MIN_FACE_PX` at the first pass's input; when every step that uses the
    detections only places its output by them (gravity) and draws that output so small that
    such faces would come out under `MIN_OUTPUT_FACE_PX`, the service skips the hints and the
@@ -75,6 +83,10 @@ LARGE_FACE_PX = 40.0
 HINT_GRID = (2, 2)
 HINT_SCORE_THRESHOLD = 0.5
 MIN_FACE_HINTS = 3
+# The input's own tiles (`needs_input_tiles`): the first input must be at least this long, so
+# that each of its HINT_GRID tiles is at least the full-range model's 192 px input (no
+# upscaling).
+INPUT_TILES_MIN_SIDE = 384
 # The faces the tiled pass adds are under this height at the first pass's input: the first
 # pass finds none of the labelled faces under 20 px there and 7 of 8 at 20-40 px
 # (bench/README.md, "Detection").
@@ -216,6 +228,26 @@ def needs_tiled_pass(
     return face_hints >= min_hints
 
 
+def needs_input_tiles(
+    source_long_side: int,
+    first_input_long_side: int,
+    face_heights: Sequence[float],
+    *,
+    min_source_ratio: float = TILING_MIN_SOURCE_RATIO,
+    large_face_px: float = LARGE_FACE_PX,
+    min_side: int = INPUT_TILES_MIN_SIDE,
+) -> bool:
+    """Whether the first input's own `HINT_GRID` tiles stand in for the tiled pass (module
+    docstring, 5): the source is too small for the tiled pass (under ``min_source_ratio``
+    times the first input), the first input is at least ``min_side`` long, and the first pass
+    found no face at least ``large_face_px`` tall (none, or only small ones)."""
+    if source_long_side >= min_source_ratio * first_input_long_side:
+        return False
+    if first_input_long_side < min_side:
+        return False
+    return not any(h >= large_face_px for h in face_heights)
+
+
 def needs_face_hints(
     source_long_side: int,
     first_input_long_side: int,
@@ -233,15 +265,24 @@ def tiled_faces_visible(
     first_input_long_side: int,
     output_scale: float,
     *,
-    first_pass_min_face_px: float = FIRST_PASS_MIN_FACE_PX,
+    first_pass_min_face_px: float | None = None,
     min_output_face_px: float = MIN_OUTPUT_FACE_PX,
 ) -> bool:
     """Whether the faces only the tiled pass finds (under ``first_pass_min_face_px`` at the
     first pass's input) can come out at least ``min_output_face_px`` tall in an output drawn at
     ``output_scale`` output pixels per source pixel. False: an output that only places itself
-    by the faces (gravity) gets the same answer from the first pass alone, for less."""
+    by the faces (gravity) gets the same answer from the first pass alone, for less.
+
+    ``first_pass_min_face_px`` None: FIRST_PASS_MIN_FACE_PX for a source large enough for the
+    tiled pass, LARGE_FACE_PX for one that gets the input's own tiles instead
+    (`needs_input_tiles`): the first pass misses some faces up to that size too (the 640 px
+    basketball photo's, 28 px at 512), and those tiles cost no decode, so they are skipped only
+    where even such a face would not show."""
     if source_long_side <= 0 or first_input_long_side <= 0:
         return True
+    if first_pass_min_face_px is None:
+        small = source_long_side < TILING_MIN_SOURCE_RATIO * first_input_long_side
+        first_pass_min_face_px = LARGE_FACE_PX if small else FIRST_PASS_MIN_FACE_PX
     input_scale = first_input_long_side / source_long_side
     return first_pass_min_face_px * output_scale / input_scale >= min_output_face_px
 

@@ -75,6 +75,7 @@ class TileCall:
     first_size: tuple[int, int]
     timeout_s: float | None
     at: float  # time.monotonic() of the call
+    grid: tuple[int, int] = face_refine.TILE_GRID
 
 
 class TilingDetector:
@@ -123,10 +124,12 @@ class TilingDetector:
         found.append(Detection("hand", 0.8, *HAND_BOX, model="palm"))
         return [d for d in found if classes is None or d.class_name in classes]
 
-    async def detect_tiles(self, rgb, *, first, first_size, timeout_s=None) -> list[Detection]:
+    async def detect_tiles(
+        self, rgb, *, first, first_size, timeout_s=None, grid=face_refine.TILE_GRID
+    ) -> list[Detection]:
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         self.tile_calls.append(
-            TileCall(rgb.shape, list(first), first_size, timeout_s, time.monotonic())
+            TileCall(rgb.shape, list(first), first_size, timeout_s, time.monotonic(), grid)
         )
         await asyncio.sleep(0)
         if self.tiles_error is not None:
@@ -432,7 +435,7 @@ async def test_no_tiled_pass_when_the_first_pass_found_a_large_face(make_engine,
 
 
 @pytest.mark.parametrize(
-    "case", ["face not asked", "small source", "setting off", "detector cannot tile"]
+    "case", ["face not asked", "source too small to tile", "setting off", "detector cannot tile"]
 )
 async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case):
     detector = TilingDetector(can_tile=case != "detector cannot tile")
@@ -440,10 +443,12 @@ async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case)
     engine = make_engine(detector, CacheMetrics(), **settings)
     classes = HAND if case == "face not asked" else None
     data = small_faces
-    if case == "small source":
-        # 760 px: under 1.5 x the 512 px first input. The blocks are 11 px there.
-        data = png(scene((100, 100, 16, 16), (500, 300, 16, 16), size=(760, 500)))
-    assert engine.tiled_input_plan(open_header(data, engine.settings), classes) is None
+    if case == "source too small to tile":
+        # 360 px: no larger copy, and its own tiles would be under the model's 192 px input.
+        data = png(scene((100, 100, 8, 8), (250, 150, 8, 8), size=(360, 240)))
+    header = open_header(data, engine.settings)
+    assert engine.tiled_input_plan(header, classes) is None
+    assert not engine.input_tiles_possible(header, classes)
     described = await describe(engine, data, classes=classes)
     assert len(detector.first_inputs) == 1 and detector.tile_calls == []
     assert detector.hint_calls == []
@@ -451,6 +456,69 @@ async def test_no_tiled_pass_when_it_cannot_help(make_engine, small_faces, case)
     expected_faces = 1 if case in ("setting off", "detector cannot tile") else 0
     assert len(face_boxes(described.objects)) == expected_faces  # only MEDIUM, first pass
     assert described.degradations == ()
+
+
+# 760 px: under 1.5 x the 512 px first input, so no larger copy; its 16 px blocks are 11 px
+# at that input, under the fake first pass's MIN_FIRST_PX.
+SMALL_SOURCE = (760, 500)
+SMALL_SOURCE_BLOCKS = ((100, 100, 16, 16), (500, 300, 16, 16))
+
+
+async def test_a_source_too_small_for_a_larger_copy_is_tiled_on_its_own_input(make_engine):
+    detector = TilingDetector()
+    engine = make_engine(detector, CacheMetrics())
+    data = png(scene(*SMALL_SOURCE_BLOCKS, size=SMALL_SOURCE))
+    header = open_header(data, engine.settings)
+    assert engine.tiled_input_plan(header, None) is None
+    assert engine.input_tiles_possible(header, None)
+    described = await describe(engine, data)
+    [call] = detector.tile_calls
+    # The first input itself, on the hints' grid; no hints, no second decode.
+    assert call.shape == detector.first_inputs[0]
+    assert call.first_size == (call.shape[1], call.shape[0])
+    assert call.grid == face_refine.HINT_GRID
+    assert detector.hint_calls == []
+    assert engine.metrics.small_face_passes == ["tiled"]
+    for block in SMALL_SOURCE_BLOCKS:
+        assert_found(described.objects, Box(*map(float, block)), tolerance=3)
+    assert described.degradations == ()
+
+
+async def test_a_large_face_on_a_small_source_needs_no_tiles(make_engine):
+    detector = TilingDetector()
+    engine = make_engine(detector, CacheMetrics())
+    # 64 px at the source, 43 px at the 512 px input: a large face.
+    data = png(scene((100, 100, 64, 64), (500, 300, 16, 16), size=SMALL_SOURCE))
+    described = await describe(engine, data)
+    assert detector.tile_calls == [] and detector.hint_calls == []
+    assert engine.metrics.small_face_passes == ["not_needed"]
+    assert len(face_boxes(described.objects)) == 1
+
+
+@pytest.mark.parametrize(
+    ("size", "tiled"),
+    [((160, 120), False), ((600, 400), True)],
+    ids=["thumbnail", "near full size"],
+)
+async def test_input_tiles_follow_the_faces_an_output_can_show(make_engine, size, tiled):
+    # A 160 px fill scales the source by 0.24: a face the input tiles add (under
+    # LARGE_FACE_PX, 40 px at the 512 px input: 59 px at the source) comes out under 16 px;
+    # at 600 px (0.8), up to 47 px.
+    detector = TilingDetector()
+    engine = make_engine(detector, CacheMetrics())
+    data = png(scene(*SMALL_SOURCE_BLOCKS, size=SMALL_SOURCE))
+    await process(engine, data, object_gravity_fill(size=size))
+    assert len(detector.tile_calls) == (1 if tiled else 0)
+    assert engine.metrics.small_face_passes == ["tiled" if tiled else "skipped_small_output"]
+
+
+async def test_input_tiles_that_fail_keep_the_first_pass(make_engine):
+    detector = TilingDetector(InferenceUnavailable("TRITON_UNAVAILABLE", "gone"))
+    engine = make_engine(detector, CacheMetrics())
+    described = await describe(engine, png(scene(*SMALL_SOURCE_BLOCKS, size=SMALL_SOURCE)))
+    assert len(detector.tile_calls) == 1
+    assert face_boxes(described.objects) == [] and described.degradations == ()
+    assert engine.metrics.small_face_passes == ["unavailable"]
 
 
 # --- Failures, the cache, the plan -------------------------------------------------------------

@@ -198,6 +198,11 @@ def plan_request(
         side = settings.detection_max_side
         preview = side * side * (decoded.bands * decoded.sample_bytes + 3) * 2
         work += decoded.pixels * costs.THUMBNAIL_NS * costs.NS
+        # Its own tiles, letterboxed (the face hints, or the tiled pass itself on a source too
+        # small for a larger copy: inference.face_refine.needs_input_tiles); plan_tiles makes
+        # at most TILED_PASS_TILES.
+        preview += TILED_PASS_TILES * TILE_TENSOR_BYTES
+        work += side * side * TILE_PREPARE_NS * costs.NS
         if detect.shared:
             # The pipeline's own decode, copied to memory once at load for both.
             to_memory(decoded)

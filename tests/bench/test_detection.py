@@ -108,6 +108,19 @@ def test_crop_scores_and_their_summary():
     assert summary["unfit_cases"] == 2 and summary["largest_kept"] == 0.5
     assert summary["fewer_than_centre"] == 2  # small and tight keep 1 face against 2
     assert summary["faces_kept"] == pytest.approx(4 / 6)
+    assert summary["largest_tie_kept"] == 0.5  # no ties here: as strict
+
+
+def test_a_face_within_the_labels_precision_of_the_largest_ties_with_it():
+    # 20x20 and 19x20 (5 % smaller): the window keeping only the second keeps "the largest"
+    # within LARGEST_TIE, not strictly.
+    faces = [(0, 0, 19, 20), (200, 0, 20, 20)]
+    second_only = score_crop(faces, (0, 0, 40, 40))
+    assert not second_only.fit and not second_only.largest_kept
+    assert second_only.largest_tie_kept
+    # A face 25 % smaller is not a tie.
+    smaller = score_crop([(0, 0, 15, 20), (200, 0, 20, 20)], (0, 0, 40, 40))
+    assert not smaller.largest_tie_kept
 
 
 def test_labels_and_manifest_agree():

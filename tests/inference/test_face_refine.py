@@ -229,3 +229,30 @@ def test_tiled_faces_visible_turns_at_the_minimum_output_face():
 def test_tiled_faces_visible_says_yes_when_it_cannot_tell():
     assert face_refine.tiled_faces_visible(0, 512, 0.01)
     assert face_refine.tiled_faces_visible(4000, 0, 0.01)
+
+
+def test_on_a_source_too_small_to_tile_visibility_counts_faces_up_to_large():
+    # 640 px source, 512 px input: the input's own tiles may add faces up to LARGE_FACE_PX
+    # (40 px there, 50 px in the source), not only those under FIRST_PASS_MIN_FACE_PX.
+    scale_256 = 256 / 480  # a 256 px fill of a 640x480 photo: 27 px for such a face
+    assert face_refine.tiled_faces_visible(640, 512, scale_256)
+    assert not face_refine.tiled_faces_visible(640, 512, scale_256, first_pass_min_face_px=20.0)
+    at_threshold = face_refine.MIN_OUTPUT_FACE_PX / face_refine.LARGE_FACE_PX * 512 / 640
+    assert face_refine.tiled_faces_visible(640, 512, at_threshold * 1.001)
+    assert not face_refine.tiled_faces_visible(640, 512, at_threshold * 0.999)
+
+
+# --- needs_input_tiles ---------------------------------------------------------------------------
+
+
+def test_input_tiles_stand_in_for_the_tiled_pass_on_a_source_too_small_for_it():
+    # 640 px: under 1.5 x 512, no larger copy; the first pass found nothing or only small faces.
+    assert face_refine.needs_input_tiles(640, 512, [])
+    assert face_refine.needs_input_tiles(640, 512, [25.0])
+    # A large face: no.
+    assert not face_refine.needs_input_tiles(640, 512, [25.0, face_refine.LARGE_FACE_PX])
+    # Large enough for the tiled pass proper (the face hints decide there): no.
+    assert not face_refine.needs_input_tiles(int(1.5 * 512), 512, [])
+    # An input whose 2x2 tiles would be under the model's 192 px: no.
+    assert face_refine.needs_input_tiles(384, 384, [])
+    assert not face_refine.needs_input_tiles(383, 383, [])
