@@ -1,4 +1,5 @@
-"""Detection cache lookups and the small-face passes are counted, in Prometheus and in DogStatsD."""
+"""Detection cache lookups, the small-face passes and abandoned Triton calls are counted, in
+Prometheus and in DogStatsD."""
 
 from __future__ import annotations
 
@@ -42,12 +43,18 @@ def test_dogstatsd_counts_hits_and_misses_and_fan_out_reaches_both():
     assert registry.get_sample_value(names.DETECTION_CACHE_LOOKUPS, {"result": "hit"}) == 1
 
 
-def test_small_face_passes_are_counted_by_outcome_in_prometheus_and_dogstatsd():
+def fanned_out() -> tuple[FanOutMetrics, CollectorRegistry, RecordingStatsd]:
+    """Prometheus and DogStatsD behind one FanOutMetrics, as the server wires them."""
     from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
 
     statsd = RecordingStatsd()
     registry = CollectorRegistry()
     metrics = FanOutMetrics(PrometheusMetrics(registry), DogStatsdMetrics("imagesvc", statsd))
+    return metrics, registry, statsd
+
+
+def test_small_face_passes_are_counted_by_outcome_in_prometheus_and_dogstatsd():
+    metrics, registry, statsd = fanned_out()
     for outcome in ("tiled", "skipped_small_output", "skipped_small_output"):
         metrics.small_face_pass(outcome)
     value = registry.get_sample_value
@@ -58,11 +65,7 @@ def test_small_face_passes_are_counted_by_outcome_in_prometheus_and_dogstatsd():
 
 
 def test_abandoned_triton_calls_are_counted_by_model_in_prometheus_and_dogstatsd():
-    from imagesvc.telemetry.dogstatsd import DogStatsdMetrics
-
-    statsd = RecordingStatsd()
-    registry = CollectorRegistry()
-    metrics = FanOutMetrics(PrometheusMetrics(registry), DogStatsdMetrics("imagesvc", statsd))
+    metrics, registry, statsd = fanned_out()
     for model in ("blazeface_full_range", "blazeface_full_range", "autoquality"):
         metrics.triton_call_abandoned(model)
     value = registry.get_sample_value
