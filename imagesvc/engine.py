@@ -1163,19 +1163,21 @@ class Engine:
         first: list[Detection],
         first_size: tuple[int, int],
         ctx: StepContext,
-        **grid: tuple[int, int],
+        grid: tuple[int, int] | None = None,
     ) -> list[Detection] | None:
-        """The detector's ``detect_tiles`` with what is left of the RPC's deadline; None when
-        Triton failed (logged)."""
+        """The detector's ``detect_tiles`` with what is left of the RPC's deadline (``grid``
+        passed only when given: None is the detector's own tiled-pass grid); None when Triton
+        failed (logged)."""
         tiler = self.detector
         assert tiler is not None and can_tile(tiler)
+        options = {} if grid is None else {"grid": grid}
         try:
             return await tiler.detect_tiles(  # type: ignore[attr-defined]
                 tiled,
                 first=first,
                 first_size=first_size,
                 timeout_s=max(ctx.remaining(), 0.0),
-                **grid,
+                **options,
             )
         except InferenceError as error:
             if not isinstance(error, InferenceUnavailable):
