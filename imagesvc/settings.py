@@ -354,9 +354,10 @@ class Settings(BaseSettings):
     )
     detection_tiled_pass: bool = Field(
         True,
-        description="Small faces: when the source is at least 1.5x the detector's input and the "
-        "first pass found no face 40 px or taller there, run BlazeFace full range again on 12 "
-        "overlapping tiles of a 2048 px copy (see Detections); false: never.",
+        description="Small faces: when the first pass found no face 40 px or taller at the "
+        "detector's input, run BlazeFace full range again on 12 overlapping tiles of a 2048 px "
+        "copy (a source at least 1.5x that input, when the face hints say so) or on 4 tiles of "
+        "the input itself (a smaller source, input >= 384 px) (see Detections); false: never.",
     )
     detection_min_output_face_px: float = Field(
         16.0,
