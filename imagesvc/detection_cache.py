@@ -33,9 +33,10 @@ class CacheKey:
         return cls(hashlib.sha256(data).digest(), classes, detector)
 
     def first_pass_only(self) -> CacheKey:
-        """The key of this source's detections made without the tiled pass for small faces
-        (for a request whose output could not show them: `imagesvc.engine`), kept apart from
-        the complete answer, which serves every request."""
+        """The key of a thumbnail's detections (`imagesvc.engine.Engine._thumbnail_placement`:
+        an output too small to show small faces): the first pass alone, on a camera-size
+        source at a coarser input. Kept apart from the complete answer, which serves every
+        request."""
         return CacheKey(self.digest, self.classes, ("first pass only", self.detector))
 
 

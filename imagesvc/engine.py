@@ -62,6 +62,9 @@ SHRINK_ON_LOAD = {"jpeg": 8, "webp": 8}
 # The pipeline shares its decode with the detector's input (one decode, copied to memory at
 # load) when that decode is at most this many detection sides squared: up to ~1 MP at 512.
 SHARED_DECODE_SIDES = 4
+# Sources at least this long may give a thumbnail's detector a shorter first input
+# (IMAGESVC_DETECTION_MIN_SIDE, `preview_shrink`): camera-size photos.
+COARSE_INPUT_MIN_SOURCE = face_refine.TILED_INPUT_SIDE
 
 
 class Detector(Protocol):
@@ -278,16 +281,26 @@ def output_format(output: OutputSpec, source_format: str) -> str:
     return output.format or (source_format if source_format in WRITABLE_FORMATS else "jpeg")
 
 
-def preview_shrink(header: Header, max_side: int) -> int:
+def preview_shrink(header: Header, max_side: int, min_side: int | None = None) -> int:
     """Shrink-on-load factor of the detector's input: the largest the decoder offers that
-    keeps the decoded image's long side at least ``max_side`` (as libvips' thumbnail does)."""
+    keeps the decoded image's long side at least ``max_side`` (as libvips' thumbnail does).
+
+    ``min_side`` (a thumbnail's input, `Engine.first_input_shrink`): on a camera-size source
+    (at least `COARSE_INPUT_MIN_SOURCE` long) the decode may go on shrinking while it keeps
+    ``min_side``. The BlazeFace models see the input at 128 and 192 px anyway, a thumbnail
+    cannot show the faces only a finer input finds, and its pipeline decodes at the decoder's
+    largest shrink too, so the two share one cheap decode (bench/README.md, "Object gravity
+    cost")."""
     limit = SHRINK_ON_LOAD.get(header.format, 1)
     long_side, short_side = max(header.size), min(header.size)
+    keep = max_side
+    if min_side is not None and long_side >= COARSE_INPUT_MIN_SOURCE:
+        keep = min(max_side, min_side)
     shrink = 1
     # The short side keeps a pixel too: decoders refuse a strip shrunk to nothing.
     while (
         shrink * 2 <= limit
-        and long_side // (shrink * 2) >= max_side
+        and long_side // (shrink * 2) >= keep
         and short_side // (shrink * 2) >= 1
     ):
         shrink *= 2
@@ -407,7 +420,7 @@ class _Run:
     cached: tuple[DetectedObject, ...] | None = None
     preview: np.ndarray | None = None
     prepared: int = -1  # the step whose ``prepare`` ran on ``image`` (OpSpec.prepare)
-    # False: the output could not show the faces the tiled pass finds (Engine._first_pass_enough).
+    # False: the output could not show the faces the tiled pass finds (Engine._thumbnail_placement).
     tiled_pass: bool = True
 
 
@@ -449,6 +462,7 @@ class Engine:
             self._detector_identity = (
                 detector_identity(detector),
                 settings.detection_max_side,
+                settings.detection_min_side,
                 self._tiles,
             )
             self._takes_classes = _takes_classes(detector)
@@ -460,6 +474,20 @@ class Engine:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    def first_input_shrink(self, header: Header, thumbnail: bool = False) -> int:
+        """The shrink-on-load factor of the first pass's input: a function of the source, so
+        that both RPCs make the same input from the same bytes (`preview_shrink`).
+
+        ``thumbnail``: the request only places an output too small to show the tiled pass's
+        faces (`_thumbnail_placement`; its answer is cached apart, `CacheKey.first_pass_only`):
+        a camera-size source may then be decoded coarser, to IMAGESVC_DETECTION_MIN_SIDE,
+        sharing the thumbnail's own decode. Everything else (DescribeImage, drawing, blurring,
+        regions) gets the full input: at the coarse one the first pass found 3 fewer of 117
+        labelled faces and 3 more false boxes (bench/README.md, "Object gravity cost")."""
+        settings = self.settings
+        min_side = settings.detection_min_side if thumbnail else None
+        return preview_shrink(header, settings.detection_max_side, min_side)
+
     def tiled_input_plan(
         self, header: Header, classes: frozenset[str] | None
     ) -> tuple[int, int] | None:
@@ -470,7 +498,7 @@ class Engine:
         if not self._tiles or (classes is not None and "face" not in classes):
             return None
         long_side = max(header.size)
-        first_side = min(self.settings.detection_max_side, long_side)
+        first_side = face_refine.nominal_first_side(long_side, self.settings.detection_max_side)
         if long_side < face_refine.TILING_MIN_SOURCE_RATIO * first_side:
             return None
         side = face_refine.tiled_input_side(long_side)
@@ -484,7 +512,7 @@ class Engine:
         if not self._tiles or (classes is not None and "face" not in classes):
             return False
         long_side = max(header.size)
-        first_side = min(self.settings.detection_max_side, long_side)
+        first_side = face_refine.nominal_first_side(long_side, self.settings.detection_max_side)
         return face_refine.needs_input_tiles(long_side, first_side, ())
 
     @asynccontextmanager
@@ -596,19 +624,20 @@ class Engine:
         # cached or there is no detector: they segment the same image.
         regions = request.needs_regions
         detects = (request.needs_detections or regions) and self.detector is not None
-        first_pass_enough = detects and self._first_pass_enough(request, header, shrink)
+        thumbnail = detects and self._thumbnail_placement(request, header, shrink)
+        first_pass_enough = thumbnail and self._tiles_possible(header, request.detection_classes)
         if detects or regions:
             if detects and self.cache.enabled:
                 key = CacheKey.of(request.data, request.detection_classes, self._detector_identity)
                 cached = self.cache.get(key)
-                if first_pass_enough:
-                    # The complete answer serves this request too; else the first pass's own.
+                if thumbnail:
+                    # The complete answer serves this request too; else a thumbnail's own.
                     key = key.first_pass_only()
                     cached = cached if cached is not None else self.cache.get(key)
                 self.metrics.detection_cache(cached is not None)
             if cached is None or regions:
                 side = settings.detection_max_side
-                factor = preview_shrink(header, side)
+                factor = self.first_input_shrink(header, thumbnail=thumbnail)
                 width, height = _shrunk(header.size, factor)
                 shared = factor <= shrink and width * height <= SHARED_DECODE_SIDES * side * side
                 shrink = factor if shared else shrink
@@ -656,22 +685,22 @@ class Engine:
             preview=preview, tiled_pass=not first_pass_enough,
         )  # fmt: skip
 
-    def _first_pass_enough(self, request: ProcessRequest, header: Header, shrink: int) -> bool:
-        """Whether the first detection pass serves ``request`` as well as the tiled pass for
-        small faces would: the pass could run for this source, and the request's only use of
-        the detections is its first step placing its output by them (gravity) at a scale where
-        the faces only the tiled pass finds would come out too small to show
-        (`face_refine.tiled_faces_visible`). Regions, drawing, blurring, pixelating and
-        cropping to the objects need every face: never."""
-        classes = request.detection_classes
-        if (
-            request.needs_regions
-            or self.settings.detection_min_output_face_px <= 0
-            or (
-                self.tiled_input_plan(header, classes) is None
-                and not self.input_tiles_possible(header, classes)
-            )
-        ):
+    def _tiles_possible(self, header: Header, classes: frozenset[str] | None) -> bool:
+        """Whether a pass for small faces (the tiled pass, or the input's own tiles) could run
+        for this source."""
+        return self.tiled_input_plan(header, classes) is not None or self.input_tiles_possible(
+            header, classes
+        )
+
+    def _thumbnail_placement(self, request: ProcessRequest, header: Header, shrink: int) -> bool:
+        """Whether ``request`` is a thumbnail placed by its faces: its only use of the
+        detections is its first step placing its output by them (gravity) at a scale where the
+        faces only the passes for small faces find would come out too small to show
+        (`face_refine.tiled_faces_visible`). The first pass serves it as well as they would
+        (they are skipped where they could run), on a coarser input
+        (`first_input_shrink`). Regions, drawing, blurring, pixelating and cropping to the
+        objects need every face: never."""
+        if request.needs_regions or self.settings.detection_min_output_face_px <= 0:
             return False
         ops = [op for pipeline in request.pipelines for op in pipeline]
         users = [i for i, op in enumerate(ops) if op.spec.needs_detections(op.options)]
@@ -682,7 +711,7 @@ class Engine:
         if scale is None:
             return False
         long_side = max(header.oriented_size)
-        first_side = min(self.settings.detection_max_side, long_side)
+        first_side = face_refine.nominal_first_side(long_side, self.settings.detection_max_side)
         return not face_refine.tiled_faces_visible(
             long_side,
             first_side,
@@ -1084,8 +1113,13 @@ class Engine:
         eligible = self.tiled_input_plan(header, classes)
         plan = eligible if tiled_pass else None
         outcome = "not_needed" if tiled_pass else "skipped_small_output"
-        sides = max(header.oriented_size), max(rgb.shape[:2])
-        heights = [d.height for d in detections if d.class_name == "face"]
+        # The rules' pixel figures hold at the nominal input (face_refine.rule_terms).
+        sides, heights = face_refine.rule_terms(
+            max(header.oriented_size),
+            max(rgb.shape[:2]),
+            self.settings.detection_max_side,
+            [d.height for d in detections if d.class_name == "face"],
+        )
         if eligible is None and self.input_tiles_possible(header, classes):
             if tiled_pass and face_refine.needs_input_tiles(*sides, heights):
                 refined = await self._input_tiles(rgb, detections, ctx)
@@ -1320,7 +1354,7 @@ class Engine:
             self.metrics.detection_cache(cached is not None)
             if cached is not None and not always:
                 return key, cached, None
-        shrink = preview_shrink(header, self.settings.detection_max_side)
+        shrink = self.first_input_shrink(header)
         return key, cached, self._separate_preview(header, data, shrink, ctx)
 
 

@@ -352,6 +352,14 @@ class Settings(BaseSettings):
     detection_max_side: int = Field(
         512, ge=64, description="Long side of the downscaled copy sent to the detector."
     )
+    detection_min_side: int = Field(
+        288,
+        ge=32,
+        description="For a thumbnail placed by its faces (an output too small to show the "
+        "tiled pass's faces) of a source at least 2048 px long, the detector's input may be as "
+        "short as this when that lets the decoder shrink more: one cheaper decode, shared with "
+        "the thumbnail's. Equal to IMAGESVC_DETECTION_MAX_SIDE: never (see Detections).",
+    )
     detection_tiled_pass: bool = Field(
         True,
         description="Small faces: when the first pass found no face 40 px or taller at the "

@@ -43,7 +43,10 @@ tiled input (IMAGESVC_DETECTION_TILED_PASS). Boxes are ``(N, 4)``
    under `FIRST_PASS_MIN_FACE_PX` at the first pass's input; when every step that uses the
    detections only places its output by them (gravity) and draws that output so small that
    such faces would come out under `MIN_OUTPUT_FACE_PX`, the service skips the hints and the
-   tiled pass (a 256 px thumbnail of a camera photo: faces under ~13 px).
+   tiled pass (a 256 px thumbnail of a camera photo: faces under ~13 px). Such a thumbnail
+   of a camera-size source may get a coarser first input (IMAGESVC_DETECTION_MIN_SIDE); the
+   rules' pixel figures are stated at the nominal input (`nominal_first_side`), and
+   `rule_terms` scales a coarser input's face heights to it.
 """
 
 from __future__ import annotations
@@ -285,6 +288,26 @@ def tiled_faces_visible(
         first_pass_min_face_px = LARGE_FACE_PX if small else FIRST_PASS_MIN_FACE_PX
     input_scale = first_input_long_side / source_long_side
     return first_pass_min_face_px * output_scale / input_scale >= min_output_face_px
+
+
+def nominal_first_side(source_long_side: int, max_side: int) -> int:
+    """The first pass's input long side the rules' pixel figures are stated at: ``max_side``
+    (IMAGESVC_DETECTION_MAX_SIDE), never more than the source's. The input itself may be
+    shorter (a camera-size source decoded at the decoder's coarser shrink,
+    IMAGESVC_DETECTION_MIN_SIDE)."""
+    return min(int(max_side), int(source_long_side))
+
+
+def rule_terms(
+    source_long_side: int, input_long_side: int, max_side: int, face_heights: Sequence[float]
+) -> tuple[tuple[int, int], list[float]]:
+    """The rules' arguments for a first input ``input_long_side`` long: the sides (source,
+    nominal first input) and the face heights scaled to the nominal input, so that a rule
+    means the same share of the frame whatever shrink the input was decoded at (a face 40 px
+    tall at 512 is 24 px at a 306 px input: both large)."""
+    nominal = nominal_first_side(source_long_side, max_side)
+    scale = nominal / input_long_side if input_long_side > 0 else 1.0
+    return (int(source_long_side), nominal), [h * scale for h in face_heights]
 
 
 def tiled_input_side(source_long_side: int, side: int = TILED_INPUT_SIDE) -> int:

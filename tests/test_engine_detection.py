@@ -9,6 +9,7 @@ import gc
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import pyvips
@@ -24,11 +25,16 @@ from tests.images import (
     to_array,
     with_orientation,
 )
-from tests.test_engine import FailingDetector, RedBlockDetector, red_block_source
+from tests.test_engine import (
+    FailingDetector,
+    RedBlockDetector,
+    assert_box_close,
+    red_block_source,
+)
 from imagesvc import vips
 from imagesvc.context import StepContext
 from imagesvc.detection_cache import CacheKey, DetectionCache
-from imagesvc.engine import Engine
+from imagesvc.engine import Engine, preview_shrink
 from imagesvc.errors import DeadlineExceeded, RequestTooCostly
 from imagesvc.geometry import Box
 from imagesvc.ops.registry import OPS, OpSpec
@@ -117,6 +123,57 @@ async def test_both_rpcs_detect_on_the_same_input_and_agree(make_engine, name):
     processed = await process(engine, request(data, ops, format=pb.IMAGE_FORMAT_PNG))
     assert len(detector.inputs) == 2 and detector.inputs[0] == detector.inputs[1]
     assert described.objects and boxes(processed.objects) == boxes(described.objects)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size", "with_min", "expected"),
+    [
+        ("jpeg", (3000, 2000), False, 4),  # 750 px: the last shrink keeping 512
+        ("jpeg", (3000, 2000), True, 8),  # 375 px: a camera-size source may go to 288
+        ("jpeg", (2000, 3000), True, 8),  # portrait: the long side counts
+        ("jpeg", (2048, 1536), True, 4),  # 256 px would be under 288
+        ("jpeg", (2304, 1728), True, 8),  # exactly 288
+        ("jpeg", (6000, 4000), True, 8),  # the decoder's largest shrink: 750 px
+        ("jpeg", (2000, 1500), True, 2),  # under 2048 px: the input keeps 512 (1000 px)
+        ("jpeg", (1280, 960), True, 2),  # 640 px, never 320
+        ("webp", (3000, 2000), True, 8),
+        ("png", (3000, 2000), True, 1),  # no shrink-on-load
+    ],
+)
+def test_the_first_input_shrink_keeps_512_or_288_on_a_camera_size_source(
+    fmt, size, with_min, expected
+):
+    header = SimpleNamespace(format=fmt, size=size)
+    assert preview_shrink(header, 512, 288 if with_min else None) == expected  # type: ignore[arg-type]
+
+
+CAMERA = (3000, 2000, (2400, 300, 240, 240))
+
+
+async def test_a_camera_size_thumbnail_shares_a_coarse_decode_with_its_detector(make_engine):
+    data = jpeg(red_block_source(*CAMERA))
+    detector = RedBlockDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    # A 100 px fill placed by the faces: the pipeline decodes at 1/8 and the detector's
+    # input is that decode (375 px), made at load.
+    thumbnail = [fill(100, 100)]
+    parsed = parse_process_request(request(data, thumbnail), engine.settings, frozenset())
+    run = engine._load(parsed, StepContext(engine.settings, time.monotonic() + 30, (3000, 2000)))
+    assert run.preview is not None and run.preview.shape == (250, 375, 3)
+    processed = await process(engine, request(data, thumbnail, format=pb.IMAGE_FORMAT_PNG))
+    assert detector.inputs == [(250, 375, 3)]
+    [face] = processed.objects
+    assert_box_close(face.box, CAMERA[2], 10)
+    # DescribeImage, a larger fill and a drawing get the full 512 px input, and agree.
+    described = await engine.describe(data, True, time.monotonic() + 30)
+    for ops in ([fill(1200, 800)], [fill(100, 100), draw()]):
+        again = await process(engine, request(data, ops, format=pb.IMAGE_FORMAT_PNG))
+        assert boxes(again.objects) == boxes(described.objects)
+    assert detector.inputs[1:] == [(341, 512, 3)] * 3
+    # Off (IMAGESVC_DETECTION_MIN_SIDE = the max side): the thumbnail gets 512 px too.
+    full = RedBlockDetector()
+    await process(make_engine(full, detection_min_side=512), request(data, thumbnail))
+    assert full.inputs == [(341, 512, 3)]
 
 
 async def test_detections_in_stored_pixels_when_the_pipeline_turns_the_image(make_engine):

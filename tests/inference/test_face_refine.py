@@ -256,3 +256,17 @@ def test_input_tiles_stand_in_for_the_tiled_pass_on_a_source_too_small_for_it():
     # An input whose 2x2 tiles would be under the model's 192 px: no.
     assert face_refine.needs_input_tiles(384, 384, [])
     assert not face_refine.needs_input_tiles(383, 383, [])
+
+
+def test_rule_terms_state_face_heights_at_the_nominal_first_input():
+    # A camera-size source decoded to a 306 px input: its faces are measured as at 512.
+    sides, heights = face_refine.rule_terms(2448, 306, 512, [24.0, 12.0])
+    assert sides == (2448, 512)
+    assert heights == pytest.approx([40.16, 20.08], abs=0.01)
+    # ... so a face large at the coarse input is large for the rule, as at 512.
+    assert not face_refine.needs_tiled_pass(*sides, heights, face_hints=0)
+    assert face_refine.needs_tiled_pass(*sides, [h / 2 for h in heights], face_hints=0)
+    # A source under the max side is its own nominal input; an input at the nominal side
+    # keeps its heights.
+    assert face_refine.rule_terms(400, 400, 512, [30.0]) == ((400, 400), [30.0])
+    assert face_refine.rule_terms(1024, 512, 512, [30.0]) == ((1024, 512), [30.0])
