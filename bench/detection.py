@@ -288,6 +288,7 @@ class Raw:
     hints: list = field(default_factory=list)
     rgb: np.ndarray | None = None
     photo: str = ""  # its id
+    max_side: int = 512  # IMAGESVC_DETECTION_MAX_SIDE: the rules' nominal first input
 
 
 class Models:
@@ -382,6 +383,7 @@ def run_models(
         rgb.shape[0],
         {name: models.run(name, rgb) for name in (SHORT, FULL)},
         rgb=rgb,
+        max_side=max_side,
     )
     long_side = max(image_w, image_h)
     small = long_side < face_refine.TILING_MIN_SOURCE_RATIO * max_side
@@ -445,8 +447,12 @@ class Config:
         if self.group_suppression:
             detections = suppress_face_groups(detections)
         tiled = False
-        heights = [d.height for d in detections]
-        sides = max(raw.width, raw.height), max(raw.input_w, raw.input_h)
+        sides, heights = face_refine.rule_terms(
+            max(raw.width, raw.height),
+            max(raw.input_w, raw.input_h),
+            raw.max_side,
+            [d.height for d in detections],
+        )
         if (
             self.tiled_side is not None
             and not raw.tiles
@@ -690,9 +696,9 @@ def evaluate_crops(
                 faces = [f for f in faces if f[3] * scale >= face_refine.MIN_OUTPUT_FACE_PX]
                 if not faces:
                     continue
-                if rule and not face_refine.tiled_faces_visible(
-                    max(raw.width, raw.height), max(raw.input_w, raw.input_h), scale
-                ):
+                long_side = max(raw.width, raw.height)
+                first_side = face_refine.nominal_first_side(long_side, raw.max_side)
+                if rule and not face_refine.tiled_faces_visible(long_side, first_side, scale):
                     detections, _ = first_pass.detect(models, raw)
                     out["first_pass_only"].append(f"{photo['id']} {aspect_name}")
             windows = crop_windows(image, detections, aspect)

@@ -1,0 +1,132 @@
+"""What a thumbnail's coarse detector input costs in faces (IMAGESVC_DETECTION_MIN_SIDE).
+
+    .venv/bin/python bench/detection_data.py            # once: fetch the photos
+    .venv/bin/python bench/detection_camera.py [--sizes 2448,2592,3000,4000] [--min-side 288]
+
+The labelled photos of ``bench/detection.py`` are mostly small; a thumbnail's coarse input only
+exists for camera-size sources (long side >= 2048 px). So each labelled photo is upscaled
+(lanczos3, JPEG q90) to each long side in ``--sizes`` (a photo already that large is skipped),
+its labels scaled with it, and the first detection pass (``inference.client.Detector.detect``,
+class ``face``, through the local Triton sidecar) runs on the two first inputs the engine can
+make from the bytes: the full one (``imagesvc.engine.preview_shrink`` at
+IMAGESVC_DETECTION_MAX_SIDE, what DescribeImage and every request that draws, blurs or crops to
+the faces gets) and a thumbnail's (the same with ``--min-side``). Faces are matched as in
+``bench/detection.py`` (IoU >= 0.3). Prints recall and false boxes per input, and every photo
+where the two differ. Only the first pass: it is all a thumbnail gets (the tiled pass is skipped
+where its faces could not show).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+for path in (str(REPO), str(BENCH)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+async def measure(url: str, sizes: list[int], min_side: int) -> dict:
+    import pyvips
+    from detection import LABELS, load_photos, match
+    from detection_data import load_manifest
+
+    from imagesvc import vips
+    from imagesvc.context import StepContext
+    from imagesvc.engine import Engine, open_header, preview_shrink
+    from imagesvc.settings import Settings
+    from imagesvc.telemetry.metrics import NullMetrics
+    from inference.client import Detector
+
+    settings = Settings(workers=1)
+    vips.configure(settings)
+    engine = Engine(settings, None, NullMetrics())
+    detector = Detector(url, timeout_s=30.0)
+    started = time.monotonic()
+    while not await detector.ready():
+        if time.monotonic() - started > 120:
+            raise SystemExit("Triton's face models did not become ready")
+        await asyncio.sleep(0.5)
+    inputs = {"full": None, "thumbnail": min_side}
+    totals = {
+        name: {"found": 0, "faces": 0, "false": 0, "false_free": 0, "face_free": 0}
+        for name in inputs
+    }
+    differences = []
+    photos = load_photos(load_manifest(), json.loads(LABELS.read_text()))
+    try:
+        for size in sizes:
+            for photo in photos:
+                image = pyvips.Image.new_from_file(str(photo["path"])).autorot()
+                factor = size / max(image.width, image.height)
+                if factor <= 1:
+                    continue
+                data = image.resize(factor, kernel="lanczos3").jpegsave_buffer(Q=90)
+                faces = [tuple(v * factor for v in box) for box in photo["faces"]]
+                ignore = [tuple(v * factor for v in box) for box in photo["ignore"]]
+                header = open_header(data, settings)
+                row = {}
+                for name, minimum in inputs.items():
+                    shrink = preview_shrink(header, settings.detection_max_side, minimum)
+                    ctx = StepContext(settings, time.monotonic() + 60, header.oriented_size)
+                    rgb = engine._separate_preview(header, data, shrink, ctx)
+                    found = await detector.detect(rgb, classes=frozenset({"face"}))
+                    to_source = header.oriented_size[0] / rgb.shape[1]
+                    detections = [
+                        (
+                            tuple(v * to_source for v in (d.left, d.top, d.width, d.height)),
+                            d.confidence,
+                        )
+                        for d in found
+                    ]
+                    m = match(detections, faces, ignore)
+                    total = totals[name]
+                    total["found"] += len(m.hits)
+                    total["faces"] += len(faces)
+                    total["false"] += len(m.false)
+                    total["face_free"] += not faces
+                    total["false_free"] += 0 if faces else len(m.false)
+                    row[name] = (len(m.hits), len(m.false), max(rgb.shape[:2]))
+                if row["full"][:2] != row["thumbnail"][:2]:
+                    differences.append({"photo": photo["id"], "size": size, **row})
+    finally:
+        await detector.close()
+        engine.close()
+    return {"totals": totals, "differences": differences}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2448,2592,3000,4000")
+    parser.add_argument("--min-side", type=int, default=288)
+    parser.add_argument("--triton-url", default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.triton_url:
+        result = asyncio.run(measure(args.triton_url, sizes, args.min_side))
+    else:
+        from inference.sidecar import TritonSidecar
+
+        with TritonSidecar(grpc_port=0) as sidecar:
+            result = asyncio.run(measure(sidecar.grpc_url, sizes, args.min_side))
+    print("| first input | faces found | false boxes | false boxes per face-free photo |")
+    print("|---|---|---|---|")
+    for name, total in result["totals"].items():
+        print(
+            f"| {name} | {total['found']}/{total['faces']} | {total['false']} | "
+            f"{total['false_free'] / max(total['face_free'], 1):.3f} |"
+        )
+    print("\n(hits, false boxes, input long side) where the inputs differ:")
+    for row in result["differences"]:
+        print(f"  {row['size']} {row['photo']}: full {row['full']}, thumbnail {row['thumbnail']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
