@@ -43,7 +43,7 @@ import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -107,7 +107,25 @@ def served_spec(config: Mapping[str, Any]) -> CurveSpec:
         features_version=features_version,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
+        log_errors=_log_errors(config, formats),
     )
+
+
+def _log_errors(config: Mapping[str, Any], formats: tuple[str, ...]) -> dict[str, float]:
+    """The optional ``log_dssim_error`` parameter: one deviation per format, in ``formats``'
+    order (`CurveSpec.log_errors`); absent: none."""
+    if "log_dssim_error" not in (config.get("parameters") or {}):
+        return {}
+    raw = _parameter(config, "log_dssim_error")
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        raise ValueError(f"parameter 'log_dssim_error' {raw!r} is not a list of numbers") from None
+    if len(values) != len(formats) or not all(v >= 0 and np.isfinite(v) for v in values):
+        raise ValueError(
+            f"parameter 'log_dssim_error' {raw!r} needs one non-negative number per format"
+        )
+    return dict(zip(formats, values, strict=True))
 
 
 def _config_tensors(config: Mapping[str, Any], kind: str) -> dict[str, tuple[str, list[int]]]:
@@ -199,6 +217,8 @@ class Prediction:
     version: str
     grid: tuple[int, ...]
     curves: Mapping[str, np.ndarray]
+    # The served model's error per format (`CurveSpec.log_errors`); empty: not served.
+    log_errors: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         curves = {}
@@ -450,6 +470,7 @@ class QualityPredictor(TritonModelClient):
             version=spec.version,
             grid=spec.grid,
             curves={fmt: output[0, i] for i, fmt in enumerate(spec.formats)},
+            log_errors=dict(spec.log_errors),
         )
 
     def predict_blocking(

@@ -25,7 +25,12 @@ from imagesvc.encoding.ml import (
 )
 from imagesvc.encoding import regions as region_aware
 from imagesvc.encoding.regions import RegionMeasure, RegionWeights
-from imagesvc.encoding.search import DSSIM_AIM, fit_max_bytes, search_quality
+from imagesvc.encoding.search import (
+    DSSIM_AIM,
+    first_trial_for_one_encode,
+    fit_max_bytes,
+    search_quality,
+)
 from imagesvc.encoding.savers import (
     WRITABLE_FORMATS,
     SaveParams,
@@ -572,6 +577,10 @@ class _Job:
             return _Outcome(data, replace(params, quality=guess), "ml", 0.0, True, guess)
         aim = aq.target + DSSIM_AIM * aq.allowed_error
         guess = prediction.quality_for(fmt, aim, low, high)
+        # Where the low end is likelier to settle the search in one encode, it goes first.
+        first = first_trial_for_one_encode(
+            curve, aq.target, aq.allowed_error, low, high, guess, prediction.log_error(fmt)
+        )
         found = search_quality(
             encode,
             self.dssim_measure(prepared),
@@ -580,7 +589,7 @@ class _Job:
             low=low,
             high=high,
             allowed_error=aq.allowed_error,
-            first_guess=guess,
+            first_guess=first,
             prior=curve,
             quality_step=quality_step(fmt),
         )

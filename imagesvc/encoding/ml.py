@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pyvips
@@ -44,6 +44,13 @@ class QualityPrediction:
 
     version: str
     curves: Mapping[str, QualityCurve]
+    # Per format, the deviation of the curve's log(DSSIM) error on unseen pictures (the
+    # served model's ``log_dssim_error``); a format without one: unknown.
+    log_errors: Mapping[str, float] = field(default_factory=dict)
+
+    def log_error(self, fmt: str) -> float:
+        """``fmt``'s error deviation; 0 when unknown."""
+        return float(self.log_errors.get(fmt, 0.0))
 
     def curve(self, fmt: str) -> QualityCurve:
         """The format's curve; ``PredictionUnavailable`` when the model has none."""
@@ -126,4 +133,9 @@ class TritonQualityPredictor:
         for fmt in formats:
             if fmt in prediction.curves:
                 curves[fmt] = QualityCurve.from_points(prediction.points(fmt))
-        return QualityPrediction(prediction.version, curves)
+        log_errors = getattr(prediction, "log_errors", None) or {}
+        return QualityPrediction(
+            prediction.version,
+            curves,
+            {fmt: float(log_errors[fmt]) for fmt in curves if fmt in log_errors},
+        )

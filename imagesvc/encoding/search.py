@@ -165,6 +165,45 @@ class QualityCurve:
         return QualityCurve(tuple((pq, pv * factor) for pq, pv in self.points), self.slope)
 
 
+def first_trial_for_one_encode(
+    curve: QualityCurve,
+    target: float,
+    allowed_error: float,
+    low: int,
+    high: int,
+    guess: int,
+    log_error: float,
+) -> int:
+    """The first quality of a DSSIM search on a predicted ``curve`` whose log DSSIM is off by
+    a normal error of deviation ``log_error``: ``guess`` (where the curve reaches the aim), or
+    ``low`` when that is likelier to settle the search in one encode.
+
+    A trial inside the range settles it only inside the band (|DSSIM - target| <=
+    ``allowed_error``); ``low`` settles it whenever it meets the target (the answer is then
+    ``low``: the target lies at or below the range, and ``low`` is the smallest file that
+    meets it, the optimum). Against a model error of ~25 % a band ~10 % wide gives a guess
+    inside the range ~16 % odds, so a prediction that puts the low end near the band tries it
+    first, at no cost in bytes. (The high end settles whenever it is not better than the band
+    too, but it is the largest file among the band's qualities: not tried first.)
+    ``log_error`` <= 0: ``guess``."""
+    if log_error <= 0 or guess <= low or low >= high:
+        return guess
+    upper = math.log(target + allowed_error)
+    lower = math.log(target - allowed_error) if target > allowed_error else -math.inf
+
+    def below(bound: float, q: int) -> float:  # P(log DSSIM at q <= bound)
+        if bound == -math.inf:
+            return 0.0
+        z = (bound - curve.log_value_at(q)) / log_error
+        return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+    if guess >= high:  # settles unless the DSSIM there beats the band
+        at_guess = 1.0 - below(lower, high)
+    else:
+        at_guess = below(upper, guess) - below(lower, guess)
+    return low if below(upper, low) > at_guess else guess
+
+
 @dataclass(slots=True)
 class SearchResult:
     quality: int

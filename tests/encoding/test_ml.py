@@ -47,16 +47,18 @@ def measured_curve(image: pyvips.Image, fmt: str, factor: float = 1.0) -> Qualit
 
 
 class FakePredictor:
-    def __init__(self, curves=None, error: PredictionUnavailable | None = None):
+    def __init__(self, curves=None, error: PredictionUnavailable | None = None, log_errors=None):
         self.curves = curves or {}
         self.error = error
+        self.log_errors = log_errors or {}
         self.calls: list[tuple[str, ...]] = []
 
     def predict(self, image, formats):
         self.calls.append(tuple(formats))
         if self.error is not None:
             raise self.error
-        return QualityPrediction("test-1", {f: c for f, c in self.curves.items() if f in formats})
+        curves = {f: c for f, c in self.curves.items() if f in formats}
+        return QualityPrediction("test-1", curves, self.log_errors)
 
 
 def output(fmt: str, allowed_error: float = 0.001, **aq) -> OutputSpec:
@@ -257,3 +259,26 @@ def test_an_image_too_small_for_the_features_is_searched_by_dssim():
     assert [reason for reason, _ in result.degradations] == [AUTOQUALITY_ML_UNAVAILABLE]
     assert "AUTOQUALITY_IMAGE_UNSUPPORTED" in result.degradations[0][1]
     assert decode(result.data).width == 12
+
+
+def test_a_model_with_a_known_error_tries_the_low_end_first_when_it_likely_meets_there():
+    image = photo()
+    truth = measured_curve(image, "jpeg")
+    # A target the image meets at q40, its low end, with DSSIM to spare; the model is 15 %
+    # pessimistic, so it guesses above q40.
+    target = truth.value_at(40) * 1.05
+    model = QualityCurve.from_points([(q, v * 1.15) for q, v in truth.points])
+    base = output("jpeg")
+    spec = replace(
+        base.encoding,
+        autoquality=replace(base.encoding.autoquality, target=target, ranges=(("jpeg", 40, 95),)),
+    )
+    out = replace(base, encoding=spec)
+    plain = encode(image, out, FakePredictor({"jpeg": model}))
+    assert plain.report.predicted_quality > 40
+    assert plain.report.quality == 40 and plain.report.encodes == 2
+    known = encode(image, out, FakePredictor({"jpeg": model}, log_errors={"jpeg": 0.26}))
+    assert known.report.quality == 40 and known.report.encodes == 1
+    # The reported prediction is still the model's own guess.
+    assert known.report.predicted_quality == plain.report.predicted_quality
+    assert known.report.target_met

@@ -20,6 +20,8 @@ from imagesvc.encoding.search import (
     MAX_ESTIMATES,
     GuessHistory,
     QualityCurve,
+    SearchResult,
+    first_trial_for_one_encode,
     fit_max_bytes,
     search_quality,
 )
@@ -530,3 +532,65 @@ def test_qualities_of_one_step_are_encoded_once():
     assert result.target_met and measure(result.data) <= 0.0122
     # The answer's step is the lowest that meets the target (the step below does not).
     assert measure(bytes(step(step(result.quality) - 1))) > 0.0122
+
+
+# --- the ML method's first trial --------------------------------------------------------------
+
+
+def _falling(at_low: float, low: int = 30, slope: float = -0.025) -> QualityCurve:
+    """A predicted DSSIM curve through ``(low, at_low)`` falling ``slope`` a step in log."""
+    return QualityCurve.from_points([(q, at_low * math.exp(slope * (q - low))) for q in (30, 95)])
+
+
+@pytest.mark.parametrize(
+    ("at_low", "expected"),
+    [
+        (0.0205, 30),  # the low end predicted inside the band: it meets more often than not
+        (0.024, 30),  # just over it: ~40 % odds of meeting there, against ~16 % at the guess
+        (0.040, None),  # far over it: the guess
+    ],
+)
+def test_the_low_end_goes_first_where_it_is_likelier_to_settle_in_one_encode(at_low, expected):
+    curve = _falling(at_low)
+    guess = int(round(curve.quality_for(0.0205)))
+    first = first_trial_for_one_encode(curve, 0.02, 0.001, 30, 95, guess, 0.26)
+    assert first == (guess if expected is None else expected)
+
+
+def test_without_a_known_error_or_at_the_low_end_the_guess_stays():
+    curve = _falling(0.024)
+    assert first_trial_for_one_encode(curve, 0.02, 0.001, 30, 95, 37, 0.0) == 37
+    assert first_trial_for_one_encode(curve, 0.02, 0.001, 30, 95, 30, 0.26) == 30
+    # A sure model (tiny error) keeps its interior guess.
+    assert first_trial_for_one_encode(curve, 0.02, 0.001, 30, 95, 37, 0.01) == 37
+
+
+def test_a_guess_at_the_high_end_keeps_its_own_odds():
+    # Predicted to need more than the range: the high end settles it (met or not).
+    curve = _falling(0.2)
+    assert first_trial_for_one_encode(curve, 0.02, 0.001, 30, 95, 95, 0.26) == 95
+
+
+def test_the_low_end_first_settles_in_one_encode_where_the_guess_would_not():
+    # The image meets 0.02 at q30 already (DSSIM 0.019 there); the model thinks q30 gives
+    # 0.0235 and guesses q37. From the guess the search takes two encodes, from the low end one.
+    truth = _falling(0.019)
+    model = _falling(0.0235)
+    guess = int(round(model.quality_for(0.0205)))
+    first = first_trial_for_one_encode(model, 0.02, 0.001, 30, 95, guess, 0.26)
+    assert guess > 30 and first == 30
+
+    def run(q0: int) -> SearchResult:
+        return search_quality(
+            lambda q: bytes([q]),
+            lambda data: truth.value_at(data[0]),
+            target=0.02,
+            low=30,
+            high=95,
+            allowed_error=0.001,
+            first_guess=q0,
+            prior=model,
+        )
+
+    assert (run(first).encodes, run(first).quality) == (1, 30)
+    assert run(guess).encodes == 2 and run(guess).quality == 30

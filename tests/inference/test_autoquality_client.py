@@ -108,6 +108,25 @@ def test_served_spec_reads_the_parameters():
         served_spec(_config(features_version="two"))
 
 
+def test_served_spec_reads_the_models_error_per_format_when_served():
+    assert served_spec(CONFIG).log_errors == {}
+    errors = ",".join(str(0.1 * (i + 1)) for i in range(F))
+    spec = served_spec(_config(log_dssim_error=errors))
+    assert spec.log_errors == pytest.approx({f: 0.1 * (i + 1) for i, f in enumerate(SPEC.formats)})
+    for bad in ("0.2", "0.2,x,0.3", "-0.1," + ",".join(["0.2"] * (F - 1))):
+        with pytest.raises(ValueError, match="log_dssim_error"):
+            served_spec(_config(log_dssim_error=bad))
+
+
+def test_the_committed_model_serves_its_error():
+    text = (MODEL_DIR / "config.pbtxt").read_text()
+    [line] = [x for x in text.splitlines() if '"log_dssim_error"' in x]
+    values = [float(v) for v in line.split('string_value: "')[1].split('"')[0].split(",")]
+    curve = json.loads((MODEL_DIR / "curve.json").read_text())
+    assert dict(zip(curve["formats"], values, strict=True)) == curve["log_dssim_error"]
+    assert all(0 < v < 1 for v in values)
+
+
 def test_the_committed_config_holds_the_contract():
     assert contract_problems(_metadata(), CONFIG) == []
 

@@ -85,7 +85,7 @@ def test_every_config_parses_with_tritons_model_config_proto(path):
     assert config.instance_group, "the placement must be explicit"
     params = {key: value.string_value for key, value in config.parameters.items()}
     # The autoquality model also describes its output (what Triton's backends ignore).
-    described = {"version", "formats", "grid", "features_version"}
+    described = {"version", "formats", "grid", "features_version", "log_dssim_error"}
     extra = described if config.name == "autoquality" else set()
     assert params.pop("intra_op_thread_count") == "1"
     assert set(params) == extra
