@@ -693,7 +693,7 @@ class Engine:
         )
 
     def _thumbnail_placement(self, request: ProcessRequest, header: Header, shrink: int) -> bool:
-        """Whether ``request`` is a thumbnail placed by its faces: its only use of the
+        """Whether ``request`` is a thumbnail placed by its detections: its only use of the
         detections is its first step placing its output by them (gravity) at a scale where the
         faces only the passes for small faces find would come out too small to show
         (`face_refine.tiled_faces_visible`). The first pass serves it as well as they would

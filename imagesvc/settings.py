@@ -355,7 +355,7 @@ class Settings(BaseSettings):
     detection_min_side: int = Field(
         288,
         ge=32,
-        description="For a thumbnail placed by its faces (an output too small to show the "
+        description="For a thumbnail placed by its detections (an output too small to show the "
         "tiled pass's faces) of a source at least 2048 px long, the detector's input may be as "
         "short as this when that lets the decoder shrink more: one cheaper decode, shared with "
         "the thumbnail's. Equal to IMAGESVC_DETECTION_MAX_SIDE: never (see Detections).",
