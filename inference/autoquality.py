@@ -378,7 +378,7 @@ class CurveSpec:
     output_name: str = "log_dssim"
     # Per format, the deviation of the model's log(DSSIM) error on pictures it was not fitted
     # on (1.25 x its leave-one-package-out MAE: a normal error's); empty when not served.
-    log_errors: Mapping[str, float] = field(default_factory=dict)
+    log_errors: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @classmethod
     def load(cls, path: str | Path) -> CurveSpec:

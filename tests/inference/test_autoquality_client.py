@@ -113,6 +113,8 @@ def test_served_spec_reads_the_models_error_per_format_when_served():
     errors = ",".join(str(0.1 * (i + 1)) for i in range(F))
     spec = served_spec(_config(log_dssim_error=errors))
     assert spec.log_errors == pytest.approx({f: 0.1 * (i + 1) for i, f in enumerate(SPEC.formats)})
+    # Still a value: equal specs hash alike.
+    assert hash(spec) == hash(served_spec(_config(log_dssim_error=errors)))
     for bad in ("0.2", "0.2,x,0.3", "-0.1," + ",".join(["0.2"] * (F - 1))):
         with pytest.raises(ValueError, match="log_dssim_error"):
             served_spec(_config(log_dssim_error=bad))
