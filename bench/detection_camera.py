@@ -10,8 +10,12 @@ its labels scaled with it, and the first detection pass (``inference.client.Dete
 class ``face``, through the local Triton sidecar) runs on the two first inputs the engine can
 make from the bytes: the full one (``imagesvc.engine.preview_shrink`` at
 IMAGESVC_DETECTION_MAX_SIDE, what DescribeImage and every request that draws, blurs or crops to
-the faces gets) and a thumbnail's (the same with ``--min-side``). Faces are matched as in
-``bench/detection.py`` (IoU >= 0.3). Prints recall and false boxes per input, and every photo
+the faces gets) and a thumbnail's (the same with ``--min-side``), the latter once with both
+BlazeFace models and once with the thumbnail's models (``Detector.detect(..., thumbnail=True)``:
+the full-range model alone, what the service runs there). "faces a thumbnail shows" counts the
+labelled faces at least 16 px tall in a 256 px long-side drawing
+(``face_refine.MIN_OUTPUT_FACE_PX``). Faces are matched as in ``bench/detection.py`` (IoU >= 0.3).
+Prints recall and false boxes per input, and every photo
 where the two differ. Only the first pass: it is all a thumbnail gets (the tiled pass is skipped
 where its faces could not show).
 """
@@ -43,6 +47,7 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
     from imagesvc.settings import Settings
     from imagesvc.telemetry.metrics import NullMetrics
     from inference.client import Detector
+    from inference.face_refine import MIN_OUTPUT_FACE_PX
 
     settings = Settings(workers=1)
     vips.configure(settings)
@@ -53,9 +58,22 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
         if time.monotonic() - started > 120:
             raise SystemExit("Triton's face models did not become ready")
         await asyncio.sleep(0.5)
-    inputs = {"full": None, "thumbnail": min_side}
+    # name -> (the input's min side, Detector.detect's ``thumbnail``)
+    inputs = {
+        "full": (None, False),
+        "thumbnail": (min_side, False),
+        "thumbnail, its models": (min_side, True),
+    }
     totals = {
-        name: {"found": 0, "faces": 0, "false": 0, "false_free": 0, "face_free": 0}
+        name: {
+            "found": 0,
+            "faces": 0,
+            "shown_found": 0,
+            "shown": 0,
+            "false": 0,
+            "false_free": 0,
+            "face_free": 0,
+        }  # fmt: skip
         for name in inputs
     }
     differences = []
@@ -71,12 +89,17 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
                 faces = [tuple(v * factor for v in box) for box in photo["faces"]]
                 ignore = [tuple(v * factor for v in box) for box in photo["ignore"]]
                 header = open_header(data, settings)
+                # The faces a 256 px long-side thumbnail shows (the others are ignored there).
+                shown = [f for f in faces if f[3] * 256 / size >= MIN_OUTPUT_FACE_PX]
+                hidden = [f for f in faces if f not in shown]
                 row = {}
-                for name, minimum in inputs.items():
+                for name, (minimum, thumbnail) in inputs.items():
                     shrink = preview_shrink(header, settings.detection_max_side, minimum)
                     ctx = StepContext(settings, time.monotonic() + 60, header.oriented_size)
                     rgb = engine._separate_preview(header, data, shrink, ctx)
-                    found = await detector.detect(rgb, classes=frozenset({"face"}))
+                    found = await detector.detect(
+                        rgb, classes=frozenset({"face"}), thumbnail=thumbnail
+                    )
                     to_source = header.oriented_size[0] / rgb.shape[1]
                     detections = [
                         (
@@ -89,6 +112,8 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
                     total = totals[name]
                     total["found"] += len(m.hits)
                     total["faces"] += len(faces)
+                    total["shown_found"] += len(match(detections, shown, ignore + hidden).hits)
+                    total["shown"] += len(shown)
                     total["false"] += len(m.false)
                     total["face_free"] += not faces
                     total["false_free"] += 0 if faces else len(m.false)
@@ -115,12 +140,17 @@ def main() -> int:
 
         with TritonSidecar(grpc_port=0) as sidecar:
             result = asyncio.run(measure(sidecar.grpc_url, sizes, args.min_side))
-    print("| first input | faces found | false boxes | false boxes per face-free photo |")
-    print("|---|---|---|---|")
+    print(
+        "| first input | faces found | faces a thumbnail shows, found | false boxes | "
+        "false boxes per face-free photo |"
+    )
+    print("|---|---|---|---|---|")
     for name, total in result["totals"].items():
         print(
-            f"| {name} | {total['found']}/{total['faces']} | {total['false']} | "
-            f"{total['false_free'] / max(total['face_free'], 1):.3f} |"
+            f"| {name} | {total['found']}/{total['faces']} | "
+            f"{total['shown_found']}/{total['shown']} | {total['false']} | "
+            f"{total['false_free'] / max(total['face_free'], 1):.3f} ({total['false_free']} "
+            f"on {total['face_free']}) |"
         )
     print("\n(hits, false boxes, input long side) where the inputs differ:")
     for row in result["differences"]:

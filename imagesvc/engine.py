@@ -81,6 +81,9 @@ class Detector(Protocol):
         """Detections in ``rgb``'s pixels, of ``classes`` only (None: every class)."""
         ...
 
+    # Optional keyword of ``detect``: ``thumbnail`` (inference.client.Detector), true for a
+    # thumbnail of a camera-size source placed by its detections, which may leave out models
+    # such a thumbnail does not need (_Run.thumbnail); detectors without it run every model.
     # Optional, the tiled pass for small faces (inference.client.Detector.detect_tiles): a
     # detector with ``can_tile`` true and
     #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s, grid=...)
@@ -114,6 +117,14 @@ def can_tile(detector: Detector | None) -> bool:
         and callable(getattr(detector, "detect_tiles", None))
         and bool(getattr(detector, "can_tile", True))
     )
+
+
+def _takes_thumbnail(detector: Detector) -> bool:
+    """Whether ``detector.detect`` takes ``thumbnail`` (inference.client.Detector does)."""
+    try:
+        return "thumbnail" in inspect.signature(detector.detect).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _takes_classes(detector: Detector) -> bool:
@@ -422,6 +433,9 @@ class _Run:
     prepared: int = -1  # the step whose ``prepare`` ran on ``image`` (OpSpec.prepare)
     # False: the output could not show the faces the tiled pass finds (Engine._thumbnail_placement).
     tiled_pass: bool = True
+    # True: a thumbnail of a camera-size source placed by its detections, whose detector
+    # leaves out the models such a thumbnail does not need (Detector.detect's ``thumbnail``).
+    thumbnail: bool = False
 
 
 class Engine:
@@ -456,6 +470,7 @@ class Engine:
         self._class_weights = getattr(detector, "class_weights", None) or {}
         self._detector_identity: Hashable = None
         self._takes_classes = True
+        self._takes_thumbnail = False
         # The tiled pass for small faces (IMAGESVC_DETECTION_TILED_PASS), when the detector has it.
         self._tiles = settings.detection_tiled_pass and can_tile(detector)
         if detector is not None:
@@ -466,6 +481,7 @@ class Engine:
                 self._tiles,
             )
             self._takes_classes = _takes_classes(detector)
+            self._takes_thumbnail = _takes_thumbnail(detector)
 
     @property
     def known_classes(self) -> frozenset[str]:
@@ -683,6 +699,7 @@ class Engine:
         return _Run(
             request, header, ctx, image, ops, plan, source, cache_key=key, cached=cached,
             preview=preview, tiled_pass=not first_pass_enough,
+            thumbnail=thumbnail and max(header.size) >= COARSE_INPUT_MIN_SOURCE,
         )  # fmt: skip
 
     def _tiles_possible(self, header: Header, classes: frozenset[str] | None) -> bool:
@@ -986,6 +1003,7 @@ class Engine:
                     run.cache_key,
                     ctx,
                     tiled_pass=run.tiled_pass,
+                    thumbnail=run.thumbnail,
                 )
             if segmented is not None:
                 ctx.regions = await self._regions(rgb, objects, await segmented, run.header, ctx)
@@ -1097,6 +1115,7 @@ class Engine:
         ctx: StepContext,
         *,
         tiled_pass: bool = True,
+        thumbnail: bool = False,
     ) -> tuple[DetectedObject, ...]:
         """Detections in ``rgb`` (the detector's input), refined by the tiled pass when the
         rule asks for it (and ``tiled_pass``: the output can show what it finds), in oriented
@@ -1106,7 +1125,7 @@ class Engine:
         (``face_hints``, when it has them: `inference.client.Detector.face_hints`). When only
         the hints or the tiled pass fail, the first pass's detections are returned, not
         cached."""
-        detections = await self._call_detector(rgb, classes, ctx)
+        detections = await self._call_detector(rgb, classes, ctx, thumbnail=thumbnail)
         if detections is None:
             return ()
         complete = True
@@ -1221,7 +1240,12 @@ class Engine:
             return None
 
     async def _call_detector(
-        self, rgb: np.ndarray, classes: frozenset[str] | None, ctx: StepContext
+        self,
+        rgb: np.ndarray,
+        classes: frozenset[str] | None,
+        ctx: StepContext,
+        *,
+        thumbnail: bool = False,
     ) -> list[Detection] | None:
         if self.detector is None:
             ctx.detection_failure = "DETECTOR_NOT_CONFIGURED"
@@ -1229,6 +1253,10 @@ class Engine:
         # Never wait on Triton past the RPC's own deadline.
         timeout_s = max(ctx.remaining(), 0.0)
         try:
+            if thumbnail and self._takes_thumbnail:
+                return await self.detector.detect(  # type: ignore[call-arg]
+                    rgb, classes=classes, timeout_s=timeout_s, thumbnail=True
+                )
             if self._takes_classes:
                 return await self.detector.detect(rgb, classes=classes, timeout_s=timeout_s)
             found = await self.detector.detect(rgb, timeout_s=timeout_s)

@@ -104,6 +104,14 @@ FACE = "face"
 FACE_NMS_GROUP = "blazeface"
 # The model the tiled pass runs on each tile (`Detector.detect_tiles`).
 TILE_MODEL = "blazeface_full_range"
+# Models a thumbnail's detection leaves out (``detect(..., thumbnail=True)``): the engine's
+# "thumbnail placed by its detections" of a camera-size source, which only places a small crop
+# by the faces it can show. On the labelled photos upscaled to 2448-4000 px, at the thumbnail's
+# input, the full-range model alone found every face the pair found (55 of the 57 a 256 px
+# thumbnail shows, 61 in all) and none of the pair's 3 false boxes on 87 face-free cases: the
+# short-range model, which sees the frame at 128 px, only finds faces that fill much of it,
+# which the full-range model finds too (bench/README.md, "Object gravity cost").
+THUMBNAIL_SKIPPED_MODELS = frozenset({"blazeface_short_range"})
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -516,11 +524,19 @@ class Detector(TritonModelClient):
         models (``IMAGESVC_DETECTION_MODELS`` may switch it off)."""
         return self._tile_model is not None
 
-    def models_for(self, classes: Collection[str] | None) -> tuple[DetectionModel, ...]:
-        """The models ``detect`` calls for ``classes`` (None: all)."""
-        if classes is None:
-            return self._models
-        return tuple(m for m in self._models if not set(classes).isdisjoint(m.classes))
+    def models_for(
+        self, classes: Collection[str] | None, *, thumbnail: bool = False
+    ) -> tuple[DetectionModel, ...]:
+        """The models ``detect`` calls for ``classes`` (None: all); for a ``thumbnail``, less
+        those of THUMBNAIL_SKIPPED_MODELS whose classes another called model serves."""
+        models = self._models
+        if classes is not None:
+            models = tuple(m for m in models if not set(classes).isdisjoint(m.classes))
+        if thumbnail:
+            kept = [m for m in models if m.name not in THUMBNAIL_SKIPPED_MODELS]
+            served = {name for m in kept for name in m.classes}
+            models = tuple(m for m in models if m in kept or not set(m.classes) <= served)
+        return models
 
     async def detect(
         self,
@@ -528,19 +544,22 @@ class Detector(TritonModelClient):
         *,
         classes: frozenset[str] | None = None,
         timeout_s: float | None = None,
+        thumbnail: bool = False,
     ) -> list[Detection]:
         """Objects of ``classes`` (None: every class) in ``rgb`` (``(H, W, 3)`` uint8), best
         first, in ``rgb``'s pixels.
 
         Only the models serving one of ``classes`` run, concurrently; classes no model
-        serves find nothing (no Triton call when none is left). ``timeout_s`` (e.g. the RPC's
+        serves find nothing (no Triton call when none is left). ``thumbnail``: the detections
+        only place a thumbnail of a camera-size source; THUMBNAIL_SKIPPED_MODELS do not run
+        (`models_for`). ``timeout_s`` (e.g. the RPC's
         remaining deadline) caps the instance's ``timeout_s``. Raises `InferenceUnavailable`
         / `InferenceError` (module docstring) and ValueError for an image that is not
         ``(H, W, 3)`` uint8.
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or 0 in rgb.shape:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
-        models = self.models_for(classes)
+        models = self.models_for(classes, thumbnail=thumbnail)
         if not models:
             return []
         timeout = self._call_timeout(timeout_s)

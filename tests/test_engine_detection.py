@@ -176,6 +176,37 @@ async def test_a_camera_size_thumbnail_shares_a_coarse_decode_with_its_detector(
     assert full.inputs == [(341, 512, 3)]
 
 
+class ThumbnailAwareDetector(RedBlockDetector):
+    """Records what each call said of ``thumbnail`` (inference.client.Detector's keyword)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thumbnail: list[bool] = []
+
+    async def detect(self, rgb, *, classes=None, timeout_s=None, thumbnail=False):
+        self.thumbnail.append(thumbnail)
+        return await super().detect(rgb, classes=classes, timeout_s=timeout_s)
+
+
+async def test_only_a_camera_size_thumbnail_asks_the_detector_for_its_thumbnail_models(
+    make_engine,
+):
+    detector = ThumbnailAwareDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    camera = jpeg(red_block_source(*CAMERA))
+    processed = await process(engine, request(camera, [fill(100, 100)]))
+    assert detector.thumbnail == [True]
+    assert_box_close(processed.objects[0].box, CAMERA[2], 10)
+    # DescribeImage, a large fill, a drawing: every model.
+    await engine.describe(camera, True, time.monotonic() + 30)
+    for ops in ([fill(1200, 800)], [fill(100, 100), draw()]):
+        await process(engine, request(camera, ops))
+    # A thumbnail of a source under 2048 px: every model too (not what was measured).
+    small = jpeg(red_block_source(1600, 1200, (1350, 200, 200, 200)))
+    await process(engine, request(small, [fill(40, 40)]))
+    assert detector.thumbnail == [True, False, False, False, False]
+
+
 async def test_detections_in_stored_pixels_when_the_pipeline_turns_the_image(make_engine):
     # IMAGESVC_AUTO_ROTATE=false: source pixels are the stored image's; the detector still sees
     # the image upright, and DescribeImage still answers in oriented pixels.

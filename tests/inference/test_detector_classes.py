@@ -106,6 +106,22 @@ async def test_only_the_models_of_the_requested_classes_run_all_at_once(classes,
     assert [d.confidence for d in found] == sorted((d.confidence for d in found), reverse=True)
 
 
+async def test_a_thumbnail_leaves_out_the_skipped_models_whose_classes_another_serves():
+    short = FakeModel("blazeface_short_range", ["face"], [_box("face", 0.9, 0, "short")])
+    full = FakeModel("blazeface_full_range", ["face"], [_box("face", 0.8, 50, "full")])
+    calls: list[str] = []
+    detector = _detector(short, full, PERSON, calls=calls)
+    assert detector.models_for({"face"}, thumbnail=True) == (full,)
+    assert detector.models_for(None, thumbnail=True) == (full, PERSON)
+    assert detector.models_for({"face"}) == (short, full)  # everything else: both
+    found = await detector.detect(IMAGE, classes=frozenset({"face"}), thumbnail=True)
+    assert calls == ["blazeface_full_range"]
+    assert [d.model for d in found] == ["full"]
+    # A skipped model is still called for a class no other model serves.
+    alone = _detector(short, PERSON)
+    assert alone.models_for({"face", "person"}, thumbnail=True) == (short, PERSON)
+
+
 async def test_a_class_no_model_serves_calls_nothing():
     calls: list[str] = []
     detector = _detector(FACE_A, PERSON, calls=calls)
@@ -184,6 +200,21 @@ async def detector(triton_sidecar):
 @pytest.mark.triton
 async def test_every_shipped_model_is_ready(detector):
     assert await detector.ready() is True
+
+
+@pytest.mark.triton
+async def test_a_thumbnail_calls_the_full_range_face_model_alone_and_finds_the_face(detector):
+    rgb = np.ascontiguousarray(skimage.data.astronaut())
+    both = await detector.detect(rgb, classes=frozenset({"face"}))
+    del detector.timings[:]
+    alone = await detector.detect(rgb, classes=frozenset({"face"}), thumbnail=True)
+    assert [model for model, _ in detector.timings] == ["blazeface_full_range"]
+    assert len(both) == len(alone) == 1
+    a, b = both[0], alone[0]
+    overlap_w = min(a.left + a.width, b.left + b.width) - max(a.left, b.left)
+    overlap_h = min(a.top + a.height, b.top + b.height) - max(a.top, b.top)
+    inter = max(0.0, overlap_w) * max(0.0, overlap_h)
+    assert inter / (a.width * a.height + b.width * b.height - inter) > 0.5
 
 
 @pytest.mark.triton
