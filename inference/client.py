@@ -107,10 +107,10 @@ TILE_MODEL = "blazeface_full_range"
 # Models a thumbnail's detection leaves out (``detect(..., thumbnail=True)``): the engine's
 # "thumbnail placed by its detections" of a camera-size source, which only places a small crop
 # by the faces it can show. On the labelled photos upscaled to 2448-4000 px, at the thumbnail's
-# input, the full-range model alone found every face the pair found (55 of the 57 a 256 px
-# thumbnail shows, 61 in all) and none of the pair's 3 false boxes on 87 face-free cases: the
-# short-range model, which sees the frame at 128 px, only finds faces that fill much of it,
-# which the full-range model finds too (bench/README.md, "Object gravity cost").
+# input, the full-range model alone found every face the pair found (73 of the 76 a 256 px
+# thumbnail shows, 81 of 117 in all) and none of the pair's 4 false boxes on 118 face-free
+# cases (bench/detection_camera.py): the short-range model, which sees the frame at 128 px,
+# only finds faces that fill much of it, which the full-range model finds too.
 THUMBNAIL_SKIPPED_MODELS = frozenset({"blazeface_short_range"})
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
