@@ -34,7 +34,7 @@ from tests.test_engine import (
 from imagesvc import vips
 from imagesvc.context import StepContext
 from imagesvc.detection_cache import CacheKey, DetectionCache
-from imagesvc.engine import Engine, preview_shrink
+from imagesvc.engine import Engine, open_header, plan_shrink_on_load, preview_shrink
 from imagesvc.errors import DeadlineExceeded, RequestTooCostly
 from imagesvc.geometry import Box
 from imagesvc.ops.registry import OPS, OpSpec
@@ -203,6 +203,10 @@ async def test_only_a_camera_size_thumbnail_asks_the_detector_for_its_thumbnail_
         await process(engine, request(camera, ops))
     # A thumbnail of a source under 2048 px: every model too (not what was measured).
     small = jpeg(red_block_source(1600, 1200, (1350, 200, 200, 200)))
+    parsed = parse_process_request(request(small, [fill(40, 40)]), engine.settings, frozenset())
+    header = open_header(small, engine.settings)
+    shrink = plan_shrink_on_load(header, parsed.pipelines, auto_rotate=True)
+    assert engine._thumbnail_placement(parsed, header, shrink)  # a thumbnail, yet too small
     await process(engine, request(small, [fill(40, 40)]))
     assert detector.thumbnail == [True, False, False, False, False]
 
