@@ -30,7 +30,10 @@ exact pins, ``--no-deps``) this script shares:
    ONNX node (opset 13), NCHW inside, with an NHWC ``input`` ``[batch, S, S, 3]`` as in TFLite,
    outputs ``regressors``/``classificators`` and a dynamic batch. Constant weights are read from
    the flatbuffer; the float16 and sparse ones are taken from LiteRT itself after it folded
-   their ``DEQUANTIZE``/``DENSIFY`` (so the ONNX holds exactly the float32 weights LiteRT runs).
+   their ``DEQUANTIZE``/``DENSIFY`` (so the ONNX computes with exactly the float32 weights
+   LiteRT runs), and stored compactly (`compact_weights`: float16, and pose detection's sparse
+   1x1 convolutions as a bit mask and their non-zero values, rebuilt by constant nodes that
+   onnxruntime folds at load; 11.9 MB densified, 2.4 MB so).
    Anything outside that op set fails the export. (`inference.export_selfie_segmentation`
    uses the same converter, which also maps ``HARD_SWISH``, ``MUL``, ``AVERAGE_POOL_2D``,
    ``LOGISTIC``, ``RELU`` and ``TRANSPOSE_CONV`` for it; none occurs in these two graphs,
@@ -436,6 +439,7 @@ def convert_tflite(
     output_names: tuple[str, ...] | None = None,
     producer: str = "inference/export_mediapipe_detectors.py",
     source_sha256: str | None = None,
+    compact: bool = False,
 ) -> dict:
     """Convert ``tflite_path`` to ONNX at ``out_path`` (see the module docstring). Returns
     the TFLite op counts.
@@ -444,7 +448,8 @@ def convert_tflite(
     outputs are transposed back to NHWC); by default the detectors' ``regressors`` (widest)
     and ``classificators``. ``source_sha256`` (default: ``tflite_path``'s) is recorded in the
     model's properties, for a ``tflite_path`` rewritten from the shipped file
-    (`inference.export_selfie_segmentation`)."""
+    (`inference.export_selfie_segmentation`). ``compact``: store the weights as
+    `compact_weights` does (the same float32 values once onnxruntime has loaded the graph)."""
     import collections
 
     import numpy as np
@@ -788,14 +793,16 @@ def convert_tflite(
     def declared(name: str, dims: list[int]):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims[1:]])
 
+    stored = [numpy_helper.from_array(initializers[name], name) for name in sorted(initializers)]
+    if compact:
+        weight_nodes, stored = compact_weights(initializers)
+        nodes = weight_nodes + nodes
     onnx_graph = helper.make_graph(
         nodes,
         repo_name,
         [declared("input", input_shape)],
         [declared(n, shape(i)) for i, n in zip(ordered, output_names, strict=True)],
-        initializer=[
-            numpy_helper.from_array(initializers[name], name) for name in sorted(initializers)
-        ],
+        initializer=stored,
     )
     onnx_model = helper.make_model(
         onnx_graph,
@@ -810,6 +817,84 @@ def convert_tflite(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(onnx_model, str(out_path))
     return counts
+
+
+# Weights at least this large are stored compactly by `compact_weights`.
+COMPACT_MIN_ELEMENTS = 4096
+# ... as sparse (a bit mask and the non-zero values) from this share of zeros on.
+COMPACT_SPARSE_ZEROS = 0.5
+
+
+def compact_weights(initializers: dict) -> tuple[list, list]:
+    """(nodes, initializer protos) storing float32 ``initializers`` in fewer bytes, rebuilt
+    exactly by constant nodes onnxruntime folds when it loads the graph (stock Triton's
+    onnxruntime backend and the sidecar's runner both optimise the graph at load).
+
+    MediaPipe ships these weights as float16 (``DEQUANTIZE``) and pose detection's 1x1
+    convolutions as 75 % sparse (``DENSIFY``): densified to float32 the pose ONNX held 11.9 MB,
+    69 % of it zeros. A tensor of at least COMPACT_MIN_ELEMENTS whose values are all exact in
+    float16 is stored as float16 and cast back; with COMPACT_SPARSE_ZEROS or more zeros, as its
+    non-zero values (float16) and a bit mask of where they go (``np.packbits`` order), which
+    BitShift / Mod unpack, CumSum numbers and Gather / Where place (opset 13 only). Other
+    tensors stay as they are. The rebuilt tensors equal the originals bit for bit."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list = []
+    stored: list = []
+    shared: dict[str, np.ndarray] = {}
+
+    def const(name: str, value: np.ndarray) -> str:
+        shared.setdefault(name, value)
+        return name
+
+    for name in sorted(initializers):
+        value = initializers[name]
+        half = value.astype(np.float16) if value.dtype == np.float32 else None
+        if (
+            half is None
+            or value.size < COMPACT_MIN_ELEMENTS
+            or not np.array_equal(half.astype(np.float32), value)
+        ):
+            stored.append(numpy_helper.from_array(value, name))
+            continue
+        flat = value.ravel()
+        mask = flat != 0
+        if mask.mean() > 1 - COMPACT_SPARSE_ZEROS or not mask.any():
+            stored.append(numpy_helper.from_array(half, f"{name}_f16"))
+            nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], to=TensorProto.FLOAT))
+            continue
+        p = f"{name}_sparse"
+        stored.append(numpy_helper.from_array(np.packbits(mask), f"{p}_mask"))
+        stored.append(numpy_helper.from_array(flat[mask].astype(np.float16), f"{p}_values"))
+        shifts = const("compact_shifts", np.arange(7, -1, -1, dtype=np.uint8))
+        two = const("compact_two", np.array(2, np.uint8))
+        one = const("compact_one", np.array(1, np.int64))
+        zero = const("compact_zero", np.array(0, np.int64))
+        zero_f = const("compact_zero_f", np.array(0, np.float32))
+        axis1 = const("compact_axis1", np.array([1], np.int64))
+        flat_shape = const("compact_flat", np.array([-1], np.int64))
+        start = const("compact_start", np.array([0], np.int64))
+        stop = const(f"{p}_n", np.array([flat.size], np.int64))
+        dims = const(f"{p}_shape", np.array(value.shape, np.int64))
+        nodes += [
+            helper.make_node("Unsqueeze", [f"{p}_mask", axis1], [f"{p}_col"]),
+            helper.make_node("BitShift", [f"{p}_col", shifts], [f"{p}_shifted"], direction="RIGHT"),
+            helper.make_node("Mod", [f"{p}_shifted", two], [f"{p}_bits8"]),
+            helper.make_node("Reshape", [f"{p}_bits8", flat_shape], [f"{p}_bits_all"]),
+            helper.make_node("Slice", [f"{p}_bits_all", start, stop], [f"{p}_bits"]),
+            helper.make_node("Cast", [f"{p}_bits"], [f"{p}_ints"], to=TensorProto.INT64),
+            helper.make_node("CumSum", [f"{p}_ints", zero], [f"{p}_count"]),
+            helper.make_node("Sub", [f"{p}_count", one], [f"{p}_at"]),
+            helper.make_node("Max", [f"{p}_at", zero], [f"{p}_index"]),
+            helper.make_node("Cast", [f"{p}_values"], [f"{p}_values32"], to=TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{p}_values32", f"{p}_index"], [f"{p}_placed"], axis=0),
+            helper.make_node("Cast", [f"{p}_bits"], [f"{p}_where"], to=TensorProto.BOOL),
+            helper.make_node("Where", [f"{p}_where", f"{p}_placed", zero_f], [f"{p}_dense"]),
+            helper.make_node("Reshape", [f"{p}_dense", dims], [name]),
+        ]
+    stored += [numpy_helper.from_array(shared[n], n) for n in sorted(shared)]
+    return nodes, stored
 
 
 def run_worker(workdir: Path) -> None:
@@ -833,7 +918,7 @@ def run_worker(workdir: Path) -> None:
             f"MediaPipe {repo_name} ({SOURCE_PACKAGE}=={SOURCE_VERSION}), converted by "
             "inference/export_mediapipe_detectors.py; Apache-2.0"
         )
-        counts = convert_tflite(tflite_path, onnx_path, repo_name, doc)
+        counts = convert_tflite(tflite_path, onnx_path, repo_name, doc, compact=True)
 
         inputs = np.load(workdir / request["inputs"][repo_name])
         # The reference: LiteRT as MediaPipe runs it (XNNPACK); also its builtin kernels, to
@@ -1103,8 +1188,9 @@ mediapipe 0.10.14 (Apache-2.0), which was not installed; no MediaPipe code is in
 Changes made: converted from TFLite to ONNX by inference/export_mediapipe_detectors.py (one
 ONNX node per TFLite op, NCHW inside, a Transpose in front so the input stays NHWC); the
 outputs were renamed to "regressors" and "classificators"; the batch dimension, fixed to 1,
-was made dynamic. Weights are unchanged (float16 and sparse weights are stored as the dense
-float32 values LiteRT computes from them). See PROVENANCE.md.
+was made dynamic. Weights are unchanged: float16 weights are stored as float16, sparse ones as
+their non-zero values and a bit mask, and constant nodes rebuild from them, when the model is
+loaded, exactly the dense float32 values LiteRT computes. See PROVENANCE.md.
 """
 
 
