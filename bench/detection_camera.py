@@ -11,8 +11,10 @@ class ``face``, through the local Triton sidecar) runs on the two first inputs t
 make from the bytes: the full one (``imagesvc.engine.preview_shrink`` at
 IMAGESVC_DETECTION_MAX_SIDE, what DescribeImage and every request that draws, blurs or crops to
 the faces gets) and a thumbnail's (the same with ``--min-side``), the latter once with both
-BlazeFace models and once with the thumbnail's models (``Detector.detect(..., thumbnail=True)``:
-the full-range model alone, what the service runs there). "faces a thumbnail shows" counts the
+BlazeFace models and twice with the thumbnail's models (``Detector.detect(..., thumbnail=True)``:
+the full-range model alone): on the input at IMAGESVC_DETECTION_MAX_SIDE, and brought down by
+libvips to the side those models look at (``Detector.input_side``, 192 px), what the service
+runs there (``Engine._first_input_side``). "faces a thumbnail shows" counts the
 labelled faces at least 16 px tall in a 256 px long-side drawing
 (``face_refine.MIN_OUTPUT_FACE_PX``). Faces are matched as in ``bench/detection.py`` (IoU >= 0.3).
 Prints recall and false boxes per input, and every photo
@@ -58,11 +60,14 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
         if time.monotonic() - started > 120:
             raise SystemExit("Triton's face models did not become ready")
         await asyncio.sleep(0.5)
-    # name -> (the input's min side, Detector.detect's ``thumbnail``)
+    # name -> (the input's min side, Detector.detect's ``thumbnail``, its long side)
+    models_side = detector.input_side(frozenset({"face"}), thumbnail=True)
+    max_side = settings.detection_max_side
     inputs = {
-        "full": (None, False),
-        "thumbnail": (min_side, False),
-        "thumbnail, its models": (min_side, True),
+        "full": (None, False, max_side),
+        "thumbnail": (min_side, False, max_side),
+        "thumbnail, its models": (min_side, True, max_side),
+        f"thumbnail, its models, at {models_side} px": (min_side, True, models_side),
     }
     totals = {
         name: {
@@ -93,10 +98,10 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
                 shown = [f for f in faces if f[3] * 256 / size >= MIN_OUTPUT_FACE_PX]
                 hidden = [f for f in faces if f not in shown]
                 row = {}
-                for name, (minimum, thumbnail) in inputs.items():
+                for name, (minimum, thumbnail, side) in inputs.items():
                     shrink = preview_shrink(header, settings.detection_max_side, minimum)
                     ctx = StepContext(settings, time.monotonic() + 60, header.oriented_size)
-                    rgb = engine._separate_preview(header, data, shrink, ctx)
+                    rgb = engine._separate_preview(header, data, shrink, ctx, side)
                     found = await detector.detect(
                         rgb, classes=frozenset({"face"}), thumbnail=thumbnail
                     )
@@ -118,7 +123,7 @@ async def measure(url: str, sizes: list[int], min_side: int) -> dict:
                     total["face_free"] += not faces
                     total["false_free"] += 0 if faces else len(m.false)
                     row[name] = (len(m.hits), len(m.false), max(rgb.shape[:2]))
-                if row["full"][:2] != row["thumbnail"][:2]:
+                if len({found[:2] for found in row.values()}) > 1:
                     differences.append({"photo": photo["id"], "size": size, **row})
     finally:
         await detector.close()
@@ -154,7 +159,8 @@ def main() -> int:
         )
     print("\n(hits, false boxes, input long side) where the inputs differ:")
     for row in result["differences"]:
-        print(f"  {row['size']} {row['photo']}: full {row['full']}, thumbnail {row['thumbnail']}")
+        found = ", ".join(f"{name} {row[name]}" for name in result["totals"])
+        print(f"  {row['size']} {row['photo']}: {found}")
     return 0
 
 

@@ -84,6 +84,9 @@ class Detector(Protocol):
     # Optional keyword of ``detect``: ``thumbnail`` (inference.client.Detector), true for a
     # thumbnail of a camera-size source placed by its detections, which may leave out models
     # such a thumbnail does not need (_Run.thumbnail); detectors without it run every model.
+    # Optional beside it, ``input_side(classes, *, thumbnail) -> int | None``
+    # (inference.client.Detector.input_side): the long side of the largest image the models
+    # called look at; such a thumbnail's first input is made no longer (Engine._first_input_side).
     # Optional, the tiled pass for small faces (inference.client.Detector.detect_tiles): a
     # detector with ``can_tile`` true and
     #   async def detect_tiles(rgb_large, *, first, first_size, timeout_s, grid=...)
@@ -436,6 +439,8 @@ class _Run:
     # True: a thumbnail of a camera-size source placed by its detections, whose detector
     # leaves out the models such a thumbnail does not need (Detector.detect's ``thumbnail``).
     thumbnail: bool = False
+    # The long side the detector's input is made to fit (Engine._first_input_side).
+    preview_side: int = 0
 
 
 class Engine:
@@ -642,6 +647,8 @@ class Engine:
         detects = (request.needs_detections or regions) and self.detector is not None
         thumbnail = detects and self._thumbnail_placement(request, header, shrink)
         first_pass_enough = thumbnail and self._tiles_possible(header, request.detection_classes)
+        thumbnail_models = thumbnail and max(header.size) >= COARSE_INPUT_MIN_SOURCE
+        preview_side = self._first_input_side(request.detection_classes, thumbnail_models)
         if detects or regions:
             if detects and self.cache.enabled:
                 key = CacheKey.of(request.data, request.detection_classes, self._detector_identity)
@@ -684,9 +691,7 @@ class Engine:
             try:
                 image = ctx.materialise(image)
                 started = time.perf_counter()
-                preview = detector_input(
-                    image, header.orientation, self.settings.detection_max_side
-                )
+                preview = detector_input(image, header.orientation, preview_side)
                 self.metrics.step("detect_prepare", time.perf_counter() - started)
             except pyvips.Error as error:
                 raise _source_error(error, header, ctx) from error
@@ -698,9 +703,24 @@ class Engine:
         ops = tuple(op for pipeline in request.pipelines for op in pipeline)
         return _Run(
             request, header, ctx, image, ops, plan, source, cache_key=key, cached=cached,
-            preview=preview, tiled_pass=not first_pass_enough,
-            thumbnail=thumbnail and max(header.size) >= COARSE_INPUT_MIN_SOURCE,
+            preview=preview, tiled_pass=not first_pass_enough, thumbnail=thumbnail_models,
+            preview_side=preview_side,
         )  # fmt: skip
+
+    def _first_input_side(self, classes: frozenset[str] | None, thumbnail: bool) -> int:
+        """The long side the first pass's input is made to fit: IMAGESVC_DETECTION_MAX_SIDE,
+        or for a ``thumbnail`` (``_Run.thumbnail``: only its models' first pass reads the
+        input) no more than those models look at (``Detector.input_side``; 192 px for the
+        full-range face model), so that libvips makes the model's own size from the decode
+        and the detector does not resample it again (bench/README.md, "Object gravity
+        cost")."""
+        side = self.settings.detection_max_side
+        sizer = getattr(self.detector, "input_side", None)
+        if thumbnail and self._takes_thumbnail and callable(sizer):
+            models_side = sizer(classes, thumbnail=True)
+            if isinstance(models_side, int) and models_side > 0:
+                side = min(side, models_side)
+        return side
 
     def _tiles_possible(self, header: Header, classes: frozenset[str] | None) -> bool:
         """Whether a pass for small faces (the tiled pass, or the input's own tiles) could run
@@ -974,6 +994,7 @@ class Engine:
                     run.request.data,
                     shrink,
                     ctx,
+                    run.preview_side or None,
                     ctx=ctx,
                 )
             )

@@ -538,6 +538,17 @@ class Detector(TritonModelClient):
             models = tuple(m for m in models if m in kept or not set(m.classes) <= served)
         return models
 
+    def input_side(self, classes: Collection[str] | None, *, thumbnail: bool = False) -> int | None:
+        """The long side of the largest image the models ``detect`` calls for ``classes``
+        look at (`models_for`; the models' ``input_side``): a larger input only costs its
+        resampling. None when no model is called or one does not say."""
+        sides = [
+            getattr(m, "input_side", None) for m in self.models_for(classes, thumbnail=thumbnail)
+        ]
+        if not sides or any(not isinstance(side, int) or side <= 0 for side in sides):
+            return None
+        return max(sides)
+
     async def detect(
         self,
         rgb: np.ndarray,

@@ -219,6 +219,10 @@ class MediaPipeDetector:
         return self._class_weights
 
     @property
+    def input_side(self) -> int:
+        return self.spec.ssd.input_size
+
+    @property
     def inputs(self) -> TensorSpec:
         return {INPUT_NAME: ("FP32", list(self.spec.ssd.input_shape[1:]))}
 

@@ -11,6 +11,11 @@ Optional: a model may have an ``nms_group`` attribute (a string; absent or None 
 Models sharing one (the BlazeFace short/full pair) return from ``decode`` their candidates
 before non-maximum suppression, unclipped, and the client runs one weighted NMS over the
 group's union and clips (`inference.client.merge_detections`).
+
+Optional: an ``input_side`` attribute (an int; absent or None by default), the long side in
+pixels of the image the model looks at: ``prepare`` brings any image down to it, so a caller
+that only needs this model's answer may hand it an image no larger (`inference.client.Detector.
+input_side`), and a same-size image is only converted, not resampled.
 """
 
 from __future__ import annotations

@@ -531,6 +531,10 @@ class YoloModel:
         return {e.name: e.weight for e in self._entries if e.weight is not None}
 
     @property
+    def input_side(self) -> int:
+        return self.net_size
+
+    @property
     def inputs(self) -> dict[str, tuple[str, list[int]]]:
         return {self.contract.input_name: ("FP32", list(self.contract.input_dims))}
 

@@ -226,6 +226,39 @@ async def test_detections_in_stored_pixels_when_the_pipeline_turns_the_image(mak
     assert (described.box.left, described.box.top) == pytest.approx((400, 500), abs=6)
 
 
+class SizedThumbnailDetector(ThumbnailAwareDetector):
+    """Says, as inference.client.Detector does, how large an image its thumbnail's models
+    look at (192 px: the full-range face model) and how large its others do (a YOLO's 640)."""
+
+    def input_side(self, classes, *, thumbnail=False):
+        return 192 if thumbnail else 640
+
+
+async def test_a_camera_size_thumbnail_input_is_no_larger_than_its_models_look_at(make_engine):
+    detector = SizedThumbnailDetector()
+    engine = make_engine(detector, detection_cache_entries=0)
+    camera = jpeg(red_block_source(*CAMERA))
+    # Shared decode (JPEG at 1/8, 375 px): libvips brings it to 192 px at load.
+    processed = await process(engine, request(camera, [fill(100, 100)]))
+    assert detector.inputs == [(128, 192, 3)] and detector.thumbnail == [True]
+    assert_box_close(processed.objects[0].box, CAMERA[2], 12)
+    # A decode of its own (a PNG has no shrink-on-load): the same size.
+    flat = png(red_block_source(*CAMERA))
+    processed = await process(engine, request(flat, [fill(100, 100)]))
+    assert detector.inputs[-1] == (128, 192, 3)
+    assert_box_close(processed.objects[0].box, CAMERA[2], 12)
+    # Everything else keeps IMAGESVC_DETECTION_MAX_SIDE (its models may look at more).
+    await engine.describe(camera, True, time.monotonic() + 30)
+    await process(engine, request(camera, [fill(1200, 800)]))
+    small = jpeg(red_block_source(1600, 1200, (1350, 200, 200, 200)))
+    await process(engine, request(small, [fill(40, 40)]))
+    assert detector.inputs[2:] == [(341, 512, 3), (341, 512, 3), (384, 512, 3)]
+    # A detector that does not say gets the usual thumbnail input.
+    plain = ThumbnailAwareDetector()
+    await process(make_engine(plain, detection_cache_entries=0), request(camera, [fill(100, 100)]))
+    assert plain.inputs == [(250, 375, 3)]
+
+
 # --- Classes ---------------------------------------------------------------------------------
 
 

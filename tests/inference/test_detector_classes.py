@@ -122,6 +122,28 @@ async def test_a_thumbnail_leaves_out_the_skipped_models_whose_classes_another_s
     assert alone.models_for({"face", "person"}, thumbnail=True) == (short, PERSON)
 
 
+def test_input_side_is_the_largest_the_called_models_look_at():
+    short, full, pose = (
+        SizedModel("blazeface_short_range", ["face"], 128),
+        SizedModel("blazeface_full_range", ["face"], 192),
+        SizedModel("pose_detection", ["person"], 224),
+    )
+    detector = _detector(short, full, pose)
+    assert detector.input_side({"face"}, thumbnail=True) == 192
+    assert detector.input_side({"face"}) == 192
+    assert detector.input_side(None, thumbnail=True) == 224
+    assert detector.input_side({"cat"}) is None  # no model called
+    # A model that does not say (a DetectionModel without input_side): no figure.
+    assert _detector(full, PERSON).input_side(None) is None
+    assert _detector(full, PERSON).input_side({"face"}) == 192
+
+
+class SizedModel(FakeModel):
+    def __init__(self, name, classes, input_side):
+        super().__init__(name, classes)
+        self.input_side = input_side
+
+
 async def test_a_class_no_model_serves_calls_nothing():
     calls: list[str] = []
     detector = _detector(FACE_A, PERSON, calls=calls)
@@ -209,6 +231,7 @@ async def test_a_thumbnail_calls_the_full_range_face_model_alone_and_finds_the_f
     del detector.timings[:]
     alone = await detector.detect(rgb, classes=frozenset({"face"}), thumbnail=True)
     assert [model for model, _ in detector.timings] == ["blazeface_full_range"]
+    assert detector.input_side({"face"}, thumbnail=True) == 192
     assert len(both) == len(alone) == 1
     a, b = both[0], alone[0]
     overlap_w = min(a.left + a.width, b.left + b.width) - max(a.left, b.left)
