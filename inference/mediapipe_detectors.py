@@ -224,7 +224,7 @@ class MediaPipeDetector:
 
     @property
     def inputs(self) -> TensorSpec:
-        return {INPUT_NAME: ("FP32", list(self.spec.ssd.input_shape[1:]))}
+        return {INPUT_NAME: (self.spec.ssd.input_dtype, list(self.spec.ssd.input_shape[1:]))}
 
     @property
     def outputs(self) -> TensorSpec:
@@ -236,7 +236,7 @@ class MediaPipeDetector:
 
     def prepare(self, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], Letterbox]:
         ssd = self.spec.ssd
-        tensor, box = letterbox(rgb, ssd.input_size, ssd.input_range)
+        tensor, box = letterbox(rgb, ssd.input_size, ssd.input_range, ssd.input_dtype)
         return {INPUT_NAME: tensor}, box
 
     def decode(

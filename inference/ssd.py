@@ -62,6 +62,9 @@ class SsdSpec:
     num_keypoints: int = 6
     # The model input's value range: pixel 0 maps to the low end, 255 to the high end.
     input_range: tuple[float, float] = (-1.0, 1.0)
+    # The model input's Triton datatype: "FP32" (the client maps pixels onto ``input_range``)
+    # or "UINT8" (the pixels themselves; the graph maps them, `inference.export_blazeface`).
+    input_dtype: str = "FP32"
     mediapipe_nms_iou: float = 0.3
 
     @property
@@ -225,13 +228,18 @@ def resize_bilinear(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def letterbox(
-    rgb: np.ndarray, input_size: int, value_range: tuple[float, float] = (-1.0, 1.0)
+    rgb: np.ndarray,
+    input_size: int,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    dtype: str = "FP32",
 ) -> tuple[np.ndarray, Letterbox]:
     """Fit an RGB uint8 ``(H, W, 3)`` image into the square model input.
 
-    Returns the ``(1, input_size, input_size, 3)`` float32 tensor with pixel values mapped
-    linearly onto ``value_range`` (0 to its low end, 255 to its high end; black bars, the
-    low end, where the aspect ratio leaves room) and the `Letterbox` to undo it.
+    Returns the ``(1, input_size, input_size, 3)`` tensor and the `Letterbox` to undo it.
+    ``dtype`` "FP32": float32 pixel values mapped linearly onto ``value_range`` (0 to its low
+    end, 255 to its high end; black bars, the low end, where the aspect ratio leaves room).
+    "UINT8": the pixels (resampled ones rounded), bars 0, for a model that maps them itself;
+    an image already at the size goes in unchanged.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
@@ -243,12 +251,20 @@ def letterbox(
     new_h = min(input_size, max(1, round(height * scale)))
     pad_x = (input_size - new_w) // 2
     pad_y = (input_size - new_h) // 2
-    low, high = value_range
-    tensor = np.full((1, input_size, input_size, 3), low, dtype=np.float32)
-    resized = resize_bilinear(rgb, new_w, new_h)
-    content = resized * np.float32((high - low) / 255)
-    if low:
-        content += np.float32(low)
+    if dtype == "UINT8":
+        tensor = np.zeros((1, input_size, input_size, 3), dtype=np.uint8)
+        if (new_h, new_w) == (height, width):
+            content = rgb
+        else:
+            content = np.clip(np.rint(resize_bilinear(rgb, new_w, new_h)), 0, 255)
+    elif dtype == "FP32":
+        low, high = value_range
+        tensor = np.full((1, input_size, input_size, 3), low, dtype=np.float32)
+        content = resize_bilinear(rgb, new_w, new_h) * np.float32((high - low) / 255)
+        if low:
+            content += np.float32(low)
+    else:
+        raise ValueError(f"unknown input dtype {dtype!r}")
     tensor[0, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = content
     box = Letterbox(
         input_size=input_size,

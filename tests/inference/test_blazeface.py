@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from inference import blazeface, ssd
+from inference import blazeface, export_blazeface, ssd
 from inference.blazeface import (
     FULL_RANGE,
     SHORT_RANGE,
@@ -130,6 +130,35 @@ def test_letterbox_content_lands_where_to_input_says():
     inside = tensor[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
     assert np.allclose(inside, 1.0, atol=1e-4)
     assert tensor[0, int(y0) - 3, int(x0) - 3].max() < -0.99
+
+
+def test_uint8_letterbox_is_the_float_one_in_pixels():
+    # The face models take pixels (their graph maps them onto [-1, 1]): bars 0, an image at the
+    # input's size unchanged, a resampled one rounded from what the float letterbox computes.
+    rng = np.random.default_rng(5)
+    at_size = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    pixels, box = letterbox(at_size, 128, dtype="UINT8")
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 128, 128, 3)
+    assert (box.pad_x, box.pad_y) == (0, 16)
+    assert np.array_equal(pixels[0, 16:112], at_size)
+    assert not pixels[0, :16].any() and not pixels[0, 112:].any()
+    larger = rng.integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    pixels, box = letterbox(larger, 192, dtype="UINT8")
+    floats, same = letterbox(larger, 192)
+    assert box == same
+    mapped = export_blazeface.model_range(pixels)
+    # Rounding to a pixel moves a value by at most half a step of 2/255.
+    assert np.abs(mapped - floats).max() <= 1 / 255 + 1e-6
+    assert np.abs(mapped - floats).max() > 0  # resampled values were rounded
+    with pytest.raises(ValueError):
+        letterbox(larger, 192, dtype="FP16")
+
+
+def test_model_range_is_the_float_letterboxs_mapping():
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    floats, _ = letterbox(pixels[0], 16)
+    assert np.array_equal(export_blazeface.model_range(pixels), floats)
+    assert export_blazeface.model_range(np.array([0, 255], np.uint8)).tolist() == [-1.0, 1.0]
 
 
 def test_letterbox_rejects_non_rgb_uint8():

@@ -119,9 +119,9 @@ def _tensor(name, datatype, shape):
 def _contract(variant):
     """Metadata and config as Triton reports them for model_repository/'s configs: the
     batch dimension is -1 in the metadata and absent from the config's dims."""
-    size, count = variant.input_size, variant.num_anchors
+    size, count, dtype = variant.input_size, variant.num_anchors, variant.input_dtype
     metadata = SimpleNamespace(
-        inputs=[_tensor("input", "FP32", [-1, size, size, 3])],
+        inputs=[_tensor("input", dtype, [-1, size, size, 3])],
         outputs=[
             _tensor("regressors", "FP32", [-1, count, 16]),
             _tensor("classificators", "FP32", [-1, count, 1]),
@@ -129,7 +129,9 @@ def _contract(variant):
     )
     config = {
         "max_batch_size": 16,
-        "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [str(size), str(size), "3"]}],
+        "input": [
+            {"name": "input", "data_type": f"TYPE_{dtype}", "dims": [str(size), str(size), "3"]}
+        ],
         "output": [
             {"name": "regressors", "data_type": "TYPE_FP32", "dims": [str(count), "16"]},
             {"name": "classificators", "data_type": "TYPE_FP32", "dims": [str(count), "1"]},
@@ -146,6 +148,18 @@ def test_contract_check_accepts_the_model_repository_contract():
     assert contract_problems(model, metadata, config) == []
 
 
+def test_contract_check_refuses_a_float_input_face_model():
+    # A model repository from before the face models took uint8 pixels: refused at readiness,
+    # not sent pixels it would read as [-1, 1] values.
+    model = _face_model("blazeface_full_range")
+    metadata, config = _contract(FULL_RANGE)
+    metadata.inputs = [_tensor("input", "FP32", [-1, 192, 192, 3])]
+    config["input"][0]["data_type"] = "TYPE_FP32"
+    problems = "\n".join(contract_problems(model, metadata, config))
+    assert "input 'input' in metadata is ('FP32', [192, 192, 3]), expected ('UINT8'" in problems
+    assert "input 'input' in config is ('FP32', [192, 192, 3])" in problems
+
+
 def test_contract_check_reports_each_mismatch():
     model = _face_model("blazeface_short_range")
     metadata, config = _contract(FULL_RANGE)  # the other model's shapes
@@ -156,7 +170,7 @@ def test_contract_check_reports_each_mismatch():
     joined = "\n".join(problems)
     assert "max_batch_size 0 < 1: no batch dimension" in joined
     assert (
-        "input 'input' in metadata is ('FP32', [192, 192, 3]), expected ('FP32', [128, 128, 3])"
+        "input 'input' in metadata is ('UINT8', [192, 192, 3]), expected ('UINT8', [128, 128, 3])"
         in joined
     )
     assert "output 'classificators' missing from metadata" in joined
@@ -167,12 +181,12 @@ def test_contract_check_wants_a_dynamic_batch_dimension():
     """The pre-batching contract (max_batch_size 0, a fixed batch of 1 in the dims) fails."""
     model = _face_model("blazeface_short_range")
     metadata, config = _contract(SHORT_RANGE)
-    metadata.inputs = [_tensor("input", "FP32", [1, 128, 128, 3])]
+    metadata.inputs = [_tensor("input", "UINT8", [1, 128, 128, 3])]
     config["max_batch_size"] = 0
     config["input"][0]["dims"] = ["1", "128", "128", "3"]
     problems = "\n".join(contract_problems(model, metadata, config))
     assert "input 'input' in metadata has batch dimension [1], expected [-1]" in problems
-    assert "input 'input' in config is ('FP32', [1, 128, 128, 3])" in problems
+    assert "input 'input' in config is ('UINT8', [1, 128, 128, 3])" in problems
     assert "max_batch_size 0 < 1" in problems
 
 

@@ -46,7 +46,13 @@ def _session(name: str) -> ort.InferenceSession:
 @pytest.mark.parametrize(("name", "variant"), MODELS, ids=IDS)
 @pytest.mark.parametrize("device", sorted(export_blazeface.CONFIG_FILES))
 def test_configs_are_what_the_export_writes(name, variant, device):
-    expected = export_blazeface._config_pbtxt(name, variant.input_size, variant.num_anchors, device)
+    expected = export_blazeface._config_pbtxt(
+        name,
+        variant.input_size,
+        variant.num_anchors,
+        device,
+        input_type=f"TYPE_{variant.input_dtype}",
+    )
     path = REPOSITORY / name / export_blazeface.CONFIG_FILES[device]
     assert path.read_text() == expected
 
@@ -136,7 +142,10 @@ def test_onnx_graph_matches_the_configs(name, variant):
     assert sorted(graph) == sorted(declared) == ["classificators", "input", "regressors"]
     for tensor, (onnx_type, shape) in graph.items():
         data_type, dims = declared[tensor]
-        assert (onnx_type, data_type) == ("tensor(float)", "TYPE_FP32")
+        if tensor == "input":  # pixels; the graph maps them onto TFLite's [-1, 1]
+            assert (onnx_type, data_type) == ("tensor(uint8)", f"TYPE_{variant.input_dtype}")
+        else:
+            assert (onnx_type, data_type) == ("tensor(float)", "TYPE_FP32")
         assert isinstance(shape[0], str), f"{tensor}: batch dimension {shape[0]} is fixed"
         assert shape[1:] == dims
     size, count = variant.input_size, variant.num_anchors
@@ -148,8 +157,7 @@ def test_onnx_graph_matches_the_configs(name, variant):
 @pytest.mark.parametrize(("name", "variant"), MODELS, ids=IDS)
 def test_a_batch_gives_what_each_image_gives_alone(name, variant):
     session = _session(name)
-    batch = np.random.default_rng(3).uniform(-1, 1, (5, *variant.input_shape[1:]))
-    batch = batch.astype(np.float32)
+    batch = np.random.default_rng(3).integers(0, 256, (5, *variant.input_shape[1:]), np.uint8)
     together = session.run(["regressors", "classificators"], {"input": batch})
     assert [t.shape for t in together] == [
         (5, variant.num_anchors, 16),

@@ -49,7 +49,7 @@ class FakeTriton:
     async def get_model_metadata(self, name, client_timeout=None):
         size, count = FULL_RANGE.input_size, FULL_RANGE.num_anchors
         return SimpleNamespace(
-            inputs=[_tensor("input", "FP32", [-1, size, size, 3])],
+            inputs=[_tensor("input", FULL_RANGE.input_dtype, [-1, size, size, 3])],
             outputs=[
                 _tensor("regressors", "FP32", [-1, count, 16]),
                 _tensor("classificators", "FP32", [-1, count, 1]),
@@ -61,7 +61,13 @@ class FakeTriton:
         return {
             "config": {
                 "max_batch_size": self.max_batch_size,
-                "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [size, size, 3]}],
+                "input": [
+                    {
+                        "name": "input",
+                        "data_type": f"TYPE_{FULL_RANGE.input_dtype}",
+                        "dims": [size, size, 3],
+                    }
+                ],
                 "output": [
                     {"name": "regressors", "data_type": "TYPE_FP32", "dims": [count, 16]},
                     {"name": "classificators", "data_type": "TYPE_FP32", "dims": [count, 1]},
@@ -75,7 +81,8 @@ class FakeTriton:
         assert model_name == TILE_MODEL and infer_input.name() == "input"
         assert 1 <= shape[0] <= max(1, self.max_batch_size)
         self.requests.append(shape)
-        tensor = np.frombuffer(infer_input._raw_content, np.float32).reshape(shape)
+        assert infer_input.datatype() == "UINT8"  # the face models take pixels
+        tensor = np.frombuffer(infer_input._raw_content, np.uint8).reshape(shape)
         regressors, classificators = self.session.run(None, {"input": tensor})
         served = {"regressors": regressors, "classificators": classificators}
         return SimpleNamespace(as_numpy=lambda name: served[name])
@@ -192,10 +199,10 @@ async def test_a_batched_response_with_too_few_rows_is_a_bad_response():
 def test_a_tile_of_another_shape_goes_alone_and_the_order_is_kept():
     model = MediaPipeDetector(TILE_MODEL, SPECS[TILE_MODEL], classes=("face",))
 
-    def tile(rows=1, side=192, dtype=np.float32):
+    def tile(rows=1, side=192, dtype=np.uint8):
         return {"input": np.zeros((rows, side, side, 3), dtype)}
 
-    tensors = [tile(), tile(side=128), tile(), tile(rows=2), tile(), tile(dtype=np.float64), tile()]
+    tensors = [tile(), tile(side=128), tile(), tile(rows=2), tile(), tile(dtype=np.float32), tile()]
     assert _tile_batches(model, tensors, 16) == [[0, 2, 4, 6], [1], [3], [5]]
     assert _tile_batches(model, tensors, 2) == [[0, 2], [1], [3], [4, 6], [5]]
     assert _tile_batches(model, tensors, 1) == [[i] for i in range(7)]

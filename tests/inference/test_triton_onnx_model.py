@@ -132,11 +132,11 @@ def _in_process_session(name: str) -> ort.InferenceSession:
 
 def test_runner_answers_every_request_and_reports_errors_per_request(runner_module):
     model = _initialized(runner_module, "blazeface_short_range")
-    good = np.random.default_rng(0).uniform(-1, 1, SHORT_RANGE.input_shape).astype(np.float32)
+    good = _random(SHORT_RANGE, 1, 0)
     requests = [
         _Request([_Tensor("input", good)]),
         _Request([]),  # missing input
-        _Request([_Tensor("input", good.astype(np.float64))]),  # wrong dtype
+        _Request([_Tensor("input", good.astype(np.float32))]),  # wrong dtype (they take pixels)
         _Request([_Tensor("input", good[:, :64])]),  # wrong shape (Triton checks this first)
         _Request([_Tensor("input", good)], cancelled=True),
     ]
@@ -184,8 +184,10 @@ class _CountingSession:
 
 
 def _random(variant, batch: int, seed: int) -> np.ndarray:
+    """Random pixels: the face models' input (uint8, mapped onto [-1, 1] in their graph)."""
+    assert variant.input_dtype == "UINT8"
     shape = (batch, *variant.input_shape[1:])
-    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
 @pytest.mark.parametrize("config_file", ["config.pbtxt", "configs/gpu.pbtxt"])
@@ -216,7 +218,7 @@ def test_a_bad_request_does_not_fail_the_rest_of_its_batch(runner_module):
     responses = model.execute(
         [
             _Request([_Tensor("input", first)]),
-            _Request([_Tensor("input", first.astype(np.float64))]),
+            _Request([_Tensor("input", first.astype(np.float32))]),
             _Request([_Tensor("input", second)], cancelled=True),
             _Request([_Tensor("input", second)]),
         ]
@@ -260,8 +262,8 @@ def test_runner_honours_the_thread_parameter(runner_module):
 
 def _parity_inputs(name: str) -> list[np.ndarray]:
     variant = VARIANTS[name]
-    random_input = np.random.default_rng(7).uniform(-1, 1, variant.input_shape).astype(np.float32)
-    photo, _ = letterbox(skimage.data.astronaut(), variant.input_size)
+    random_input = _random(variant, 1, 7)
+    photo, _ = letterbox(skimage.data.astronaut(), variant.input_size, dtype=variant.input_dtype)
     return [random_input, photo]
 
 
@@ -272,7 +274,7 @@ def test_triton_python_backend_matches_onnxruntime_in_process(triton_sidecar, na
     client = triton_grpc.InferenceServerClient(triton_sidecar.grpc_url)
     try:
         for sample in _parity_inputs(name):
-            infer_input = triton_grpc.InferInput("input", list(sample.shape), "FP32")
+            infer_input = triton_grpc.InferInput("input", list(sample.shape), "UINT8")
             infer_input.set_data_from_numpy(sample)
             result = client.infer(name, [infer_input], client_timeout=10.0)
             expected = session.run(["regressors", "classificators"], {"input": sample})
@@ -322,7 +324,7 @@ async def _concurrent_inferences(url: str, name: str, inputs: list[np.ndarray]) 
     try:
 
         async def one(x):
-            infer_input = triton_aio.InferInput("input", list(x.shape), "FP32")
+            infer_input = triton_aio.InferInput("input", list(x.shape), "UINT8")
             infer_input.set_data_from_numpy(x)
             result = await client.infer(name, [infer_input], client_timeout=30.0)
             return result.as_numpy("regressors"), result.as_numpy("classificators")
