@@ -65,6 +65,9 @@ class StepContext:
     killed: bool = False
     # A step's ``prepare`` left this for its ``run``: (the step's options, what it computed).
     prepared: tuple[object, object] | None = None
+    # Set by the engine before a ``prepare``: fewer requests hold a worker than there are
+    # workers, so the step may compute ahead what it may turn out not to need.
+    spare_worker: bool = False
 
     def check_deadline(self) -> None:
         if self.cancelled:

@@ -470,6 +470,7 @@ class Engine:
         self._quality_history = GuessHistory()
         self._slots = asyncio.Semaphore(settings.workers)
         self._waiting = 0
+        self._in_progress = 0  # requests holding a worker slot
         self.cache = DetectionCache(settings.detection_cache_entries)
         # Object gravity's default class weights (the models' classes files).
         self._class_weights = getattr(detector, "class_weights", None) or {}
@@ -552,9 +553,11 @@ class Engine:
             self._waiting -= 1
             self.metrics.queue_depth(-1)
         self.metrics.images_in_progress(1)
+        self._in_progress += 1
         try:
             yield
         finally:
+            self._in_progress -= 1
             self.metrics.images_in_progress(-1)
             self._slots.release()
 
@@ -784,7 +787,9 @@ class Engine:
                 if op.spec.needs_detections(op.options) and ctx.objects is None:
                     if op.spec.prepare is not None and run.prepared != run.next_op:
                         # What the step can do without detections (a fill's scaling), into
-                        # memory, while Triton works.
+                        # memory, while Triton works; with a worker to spare, also what it
+                        # may need without them (the smart fallback's centre).
+                        ctx.spare_worker = self._in_progress < self.settings.workers
                         run.image = self._timed(
                             f"{op.name}.prepare",
                             op.spec.prepare,

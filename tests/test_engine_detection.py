@@ -46,6 +46,7 @@ from imagesvc.v1 import image_service_pb2 as pb
 from inference.detection import Detection
 
 OBJECT = pb.Gravity(object=pb.ObjectGravity())
+SMART = pb.Gravity(smart=pb.SmartGravity())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -475,6 +476,50 @@ async def test_a_fill_scales_while_its_detections_are_awaited(make_engine):
     assert a.shape == b.shape == (150, 100, 3) and ssim(a, b) > 0.98
     red = (a[..., 0] > 180) & (a[..., 1] < 80) & (a[..., 2] < 80)
     assert red.sum() > 0.5 * 25 * 25  # the detected block (~25 px at this scale) was kept
+
+
+@pytest.mark.parametrize("workers, ahead", [(2, True), (1, False)])
+async def test_the_smart_fallback_is_computed_while_detections_are_awaited(
+    make_engine, monkeypatch, workers, ahead
+):
+    # A photo without the objects: the crop falls back to smart gravity. With a worker to
+    # spare, its attention centre is computed in the prepare hop, before Triton answers; a
+    # server whose workers are all taken (one worker, one request) computes it after, only
+    # because it is needed. The crop is the same either way.
+    from imagesvc.ops import gravity
+
+    calls: list[bool] = []  # per attention pass: had the detector answered yet?
+    original = gravity.smart_centre
+
+    def recording(image, crop_w, crop_h):
+        calls.append(detector.release.is_set())
+        return original(image, crop_w, crop_h)
+
+    monkeypatch.setattr(gravity, "smart_centre", recording)
+    source = red_block_source(1600, 1200, (0, 0, 0, 0))  # nothing red: nothing detected
+    source[300:500, 1300:1500] = (20, 60, 230)  # a saturated patch attention goes for
+    msg = request(jpeg(source), [fill(100, 150)], format=pb.IMAGE_FORMAT_PNG)
+    detector = EnteringDetector()
+    engine = make_engine(detector, StepMetrics(), workers=workers)
+    task = asyncio.ensure_future(process(engine, msg))
+    await asyncio.wait_for(asyncio.to_thread(detector.entered.wait, 10), 15)
+    for _ in range(200):  # the prepare hop ends while the detector holds its answer
+        if engine.metrics.steps:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    detector.release.set()
+    result = await asyncio.wait_for(task, 30)
+    assert result.objects == ()
+    assert calls == [not ahead]  # one attention pass, ahead of the answer or after it
+    smart = await process(
+        make_engine(None, workers=workers),
+        request(jpeg(source), [fill(100, 150, gravity=SMART)], format=pb.IMAGE_FORMAT_PNG),
+    )
+    a, b = to_array(decode(result.data)), to_array(decode(smart.data))
+    assert a.shape == b.shape == (150, 100, 3) and ssim(a, b) > 0.98
+    blue = (a[..., 2] > 180) & (a[..., 0] < 80)
+    assert blue.sum() > 0.5 * 12 * 12  # the patch (~12 px at this scale) is in the crop
 
 
 def stray_tasks(before: set[asyncio.Task]) -> set[asyncio.Task]:

@@ -73,13 +73,16 @@ def crop_position(
     gravity: Gravity,
     ctx: StepContext,
     operation: str,
+    *,
+    attention_centre: tuple[float, float] | None = None,
 ) -> tuple[pyvips.Image, int, int]:
     """Place the crop; returns the image (possibly made random-access) and the top-left corner.
 
     Object gravity places the crop by its mode, weights and objects position
     (`imagesvc.objects.placement`); with nothing found it falls back to smart gravity (or centre,
     by IMAGESVC_OBJECT_DETECTION_FALLBACK_TO_SMART_CROP), and when detection was unavailable it
-    says so as a degradation.
+    says so as a degradation. ``attention_centre``: smart gravity's centre of this image for this
+    crop, computed ahead (`imagesvc.ops.resize.prepare`): smart gravity then reads no pixels.
     """
     width, height = image.width, image.height
     if isinstance(gravity, CompassGravity):
@@ -112,9 +115,22 @@ def crop_position(
         if not ctx.settings.object_detection_fallback_to_smart_crop:
             return (image, *compass_position(width, height, crop_w, crop_h, CENTER))
     assert isinstance(gravity, (SmartGravity, ObjectGravity))
-    image = ctx.random_access(image)
-    cx, cy = smart_centre(image, crop_w, crop_h)
+    if attention_centre is None:
+        image = ctx.random_access(image)
+        cx, cy = smart_centre(image, crop_w, crop_h)
+    else:
+        cx, cy = attention_centre
     return (image, *centred_on(width, height, crop_w, crop_h, cx, cy))
+
+
+def may_fall_back_to_smart(gravity: Gravity, ctx: StepContext) -> bool:
+    """Whether placing a crop by ``gravity`` may end in smart gravity's attention centre:
+    smart gravity always, object gravity when it finds nothing and the fallback is smart."""
+    if isinstance(gravity, SmartGravity):
+        return True
+    return (
+        isinstance(gravity, ObjectGravity) and ctx.settings.object_detection_fallback_to_smart_crop
+    )
 
 
 def placement_cost(shape: Shape, gravity: Gravity) -> tuple[float, bool]:

@@ -210,26 +210,57 @@ def _scale(
     return image, geometry
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What ``prepare`` computed for ``run``: the geometry of the scaled image, and the
+    centre of the crop's smart fallback on it when that may be needed (else None)."""
+
+    geometry: ResizePlan
+    smart_centre: tuple[float, float] | None
+
+
 def prepare(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
     """The scaling of a resize whose crop awaits detections (object gravity), computed into
     memory while they are awaited: the crop's placement (and smart gravity, its fallback)
-    then reads the scaled copy. ``run`` takes it from there (``ctx.prepared``)."""
+    then reads the scaled copy. ``run`` takes it from there (``ctx.prepared``).
+
+    With a worker to spare (``ctx.spare_worker``) the smart fallback's attention centre is
+    computed here too, before it is known to be needed: on a photo without the objects that
+    saves waiting for it after the detections (~2 ms; libvips' attention costs about that at
+    any size), on one with them it is ~2 ms of CPU spent while the request waits for Triton.
+    A saturated server spends none (bench/README.md, "Object gravity cost")."""
     image, geometry = _scale(image, opts, ctx)
-    ctx.prepared = (opts, geometry)
-    return ctx.materialise(image)
+    image = ctx.materialise(image)
+    centre = None
+    if (
+        ctx.spare_worker
+        and geometry.crop is not None
+        and gravity_mod.may_fall_back_to_smart(opts.gravity, ctx)
+    ):
+        centre = gravity_mod.smart_centre(image, *geometry.crop)
+    ctx.prepared = (opts, _Prepared(geometry, centre))
+    return image
 
 
 def run(image: pyvips.Image, opts: ResizeOptions, ctx: StepContext) -> pyvips.Image:
     prepared, ctx.prepared = ctx.prepared, None
+    smart_centre = None
     if prepared is not None and prepared[0] is opts:
-        geometry = prepared[1]  # ``image`` is already scaled (prepare)
+        # ``image`` is already scaled (prepare)
+        geometry, smart_centre = prepared[1].geometry, prepared[1].smart_centre
     else:
         image, geometry = _scale(image, opts, ctx)
 
     if geometry.crop is not None:
         crop_w, crop_h = geometry.crop
         image, left, top = gravity_mod.crop_position(
-            image, crop_w, crop_h, _dpr_offsets(opts.gravity, opts.dpr), ctx, "resize"
+            image,
+            crop_w,
+            crop_h,
+            _dpr_offsets(opts.gravity, opts.dpr),
+            ctx,
+            "resize",
+            attention_centre=smart_centre,
         )
         image = image.extract_area(left, top, crop_w, crop_h)
         ctx.map(Affine.translate(-left, -top))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pyvips
 from hypothesis import given, settings as hsettings, strategies as st
 from skimage.transform import resize as sk_resize
 
@@ -415,6 +416,65 @@ def test_prepare_then_run_is_run(make_ctx, opts):
     assert np.array_equal(to_array(split), to_array(alone))
     assert split_ctx.transform == alone_ctx.transform
     assert split_ctx.prepared is None
+
+
+def _busy_right(width: int, height: int) -> pyvips.Image:
+    """Flat grey with a saturated, edgy patch near the right: attention centres on it."""
+    pixels = np.full((height, width, 3), 128, dtype=np.uint8)
+    pixels[height // 3 : 2 * height // 3, width - width // 5 : width - 4] = [255, 0, 0]
+    pixels[height // 2 - 2 : height // 2 + 2, width - width // 5 : width - 4] = [0, 255, 0]
+    return pyvips.Image.new_from_array(pixels, interpretation="srgb")
+
+
+def test_prepare_computes_the_smart_fallback_run_then_reads_no_pixels(make_ctx, monkeypatch):
+    # No object found: the crop falls back to smart gravity, whose centre ``prepare``
+    # computed while detections were awaited; ``run`` places the crop where ``run`` alone
+    # would, without another attention pass.
+    opts = ResizeOptions(type="fill", width=60, height=100, gravity=ObjectGravity(None))
+    alone_ctx = make_ctx(200, 100, objects=[])
+    alone = resize.run(_busy_right(200, 100), opts, alone_ctx)
+    split_ctx = make_ctx(200, 100)
+    split_ctx.spare_worker = True
+    prepared = resize.prepare(_busy_right(200, 100), opts, split_ctx)
+    assert split_ctx.prepared[1].smart_centre is not None
+
+    def no_second_pass(*args):
+        raise AssertionError("the attention centre was computed again")
+
+    monkeypatch.setattr(resize.gravity_mod, "smart_centre", no_second_pass)
+    split_ctx.objects = []
+    split = resize.run(prepared, opts, split_ctx)
+    assert np.array_equal(to_array(split), to_array(alone))
+    assert split_ctx.transform == alone_ctx.transform
+    # The patch is on the right: the crop moved off centre (left 70) towards it.
+    assert split_ctx.transform.point(0, 0)[0] < -70
+
+
+def test_prepare_leaves_the_attention_out_when_the_fallback_is_centre(make_ctx, settings):
+    ctx = make_ctx(200, 100)
+    ctx.spare_worker = True
+    ctx.settings = settings.model_copy(update={"object_detection_fallback_to_smart_crop": False})
+    opts = ResizeOptions(type="fill", width=60, height=100, gravity=ObjectGravity(None))
+    prepared = resize.prepare(_busy_right(200, 100), opts, ctx)
+    assert ctx.prepared[1].smart_centre is None
+    ctx.objects = []
+    out = resize.run(prepared, opts, ctx)
+    assert (out.width, out.height) == (60, 100)
+    assert ctx.transform.point(0, 0) == (-70, 0)  # centred
+
+
+def test_prepare_computes_nothing_ahead_without_a_spare_worker(make_ctx):
+    # A saturated server (ctx.spare_worker false) spends no CPU on what may not be needed:
+    # the fallback is then computed by ``run``, with the same answer.
+    opts = ResizeOptions(type="fill", width=60, height=100, gravity=ObjectGravity(None))
+    ctx = make_ctx(200, 100)
+    prepared = resize.prepare(_busy_right(200, 100), opts, ctx)
+    assert ctx.prepared[1].smart_centre is None
+    ctx.objects = []
+    resize.run(prepared, opts, ctx)
+    alone_ctx = make_ctx(200, 100, objects=[])
+    resize.run(_busy_right(200, 100), opts, alone_ctx)
+    assert ctx.transform == alone_ctx.transform
 
 
 def test_absolute_gravity_offsets_are_dpr_scaled(make_ctx):
