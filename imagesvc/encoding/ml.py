@@ -64,9 +64,12 @@ class QualityPrediction:
 
     def quality_for(self, fmt: str, target: float, low: int, high: int) -> int:
         """The lowest integer quality in [low, high] whose predicted DSSIM <= ``target``."""
-        found = self.curve(fmt).quality_for(target)
+        curve = self.curve(fmt)
+        found = curve.quality_for(target)
         if found is None:
-            found = float(high)
+            # The curve never crosses the target (e.g. flat at a DSSIM far under it, as the
+            # model predicts for a flat graphic): met from the low end on, or nowhere.
+            found = float(low if curve.value_at(low) <= target else high)
         return int(min(max(round(found), low), high))
 
 

@@ -282,3 +282,30 @@ def test_a_model_with_a_known_error_tries_the_low_end_first_when_it_likely_meets
     # The reported prediction is still the model's own guess.
     assert known.report.predicted_quality == plain.report.predicted_quality
     assert known.report.target_met
+
+
+def _prediction(points) -> QualityPrediction:
+    return QualityPrediction("aq-test", {"jpeg": QualityCurve.from_points(points)})
+
+
+@pytest.mark.parametrize(
+    "points, expected",
+    [
+        # A flat graphic: the model's curve flat at a DSSIM far under any target (its first
+        # and last segments give no crossing to extrapolate): met from the low end on.
+        ([(15, 4e-7), (30, 4e-7), (60, 1e-9), (95, 1e-13)], 30),
+        ([(15, 1e-7), (95, 1e-7)], 30),
+        # Over the target at every quality, and flat: nothing meets it, the high end.
+        ([(15, 0.2), (30, 0.2), (95, 0.2)], 90),
+        # A crossing inside the range is found as before.
+        ([(30, 0.04), (90, 0.005)], None),
+    ],
+)
+def test_the_guess_of_a_curve_that_never_crosses_the_target_is_the_end_it_implies(points, expected):
+    prediction = _prediction(points)
+    guess = prediction.quality_for("jpeg", 0.02, 30, 90)
+    if expected is None:
+        assert 30 < guess < 90
+        assert prediction.curve("jpeg").value_at(guess) == pytest.approx(0.02, rel=0.05)
+    else:
+        assert guess == expected
