@@ -6,7 +6,7 @@ bundled photographs, expanded with seeded crops and resizes to the sizes people 
 
 Every source image is a member file of a pinned package: the Debian packages are fetched with
 ``apt-get download <name>=<version>`` (run ``apt-get update`` once on the machine first), or,
-for the later releases of two of them (``LATER_DEBIAN_PACKAGES``: designs the pinned release
+for other releases of two of them (``OTHER_DEBIAN_RELEASES``: designs the pinned release
 does not have), from the same Debian archive's pool by URL; each is checked against the sha256
 in ``manifest.json`` (committed), as is every member read from them. scikit-image's photographs
 come from the scikit-image installed in the service's venv (version pinned there and checked
@@ -183,12 +183,12 @@ DEBIAN_PACKAGES = {
 # scikit-image's photographs (as bench/photos.py): licences from each loader's docstring in
 # skimage/data/_fetchers.py: public domain or CC0, "no known copyright restrictions" for
 # coins, immunohistochemistry, moon, motorcycle, page, text.
-# Later releases of two packages, for their new designs only (2026-12-03: the model's error on
-# unseen packages fell steeply with the number of training pictures, train README "More
-# pictures"). Listed after scikit-image in the manifest, so that the earlier sources keep their
-# sample ids and crops. Same source packages as above, so the split and the
-# leave-one-package-out groups count them as those packages.
-LATER_DEBIAN_PACKAGES = {
+# Other releases of the packages above, for the designs the pinned release does not ship
+# (2026-12-03: the model's error on unseen packages fell steeply with the number of training
+# pictures, train README "More pictures"). Listed after scikit-image in the manifest, so that
+# the earlier sources keep their sample ids and crops. Same source packages as above, so the
+# split and the leave-one-package-out groups count them as those packages.
+OTHER_DEBIAN_RELEASES = {
     "gnome-backgrounds-48": {
         "name": "gnome-backgrounds",
         "version": "48.2.1-1",
@@ -229,6 +229,33 @@ LATER_DEBIAN_PACKAGES = {
         "copyright)",
         "members": [
             "usr/share/desktop-base/ceratopsian-theme/wallpaper/contents/images/1920x1080.svg"
+        ],
+    },
+    "gnome-backgrounds-3.38": {
+        "name": "gnome-backgrounds",
+        "version": "3.38.0-1",
+        "pool": "pool/main/g/gnome-backgrounds",
+        "licence": "GPL-2+ (package); adwaita-*: CC-BY-SA-3.0, Jakub Steiner; Dark_Ivy, Road: "
+        "CC-BY-SA-3.0, Garrett LeSage (/usr/share/doc/gnome-backgrounds/copyright)",
+        # Its photographs and designs that 43.1 replaced (Wood: 43.1 has it; VNC: 580 bytes).
+        "members": [
+            f"usr/share/backgrounds/gnome/{name}.jpg"
+            for name in (
+                "Acrylic",
+                "ColdWarm",
+                "Dark_Ivy",
+                "Endless-shapes",
+                "Icetwigs",
+                "LightWaves",
+                "Road",
+                "SeaSunset",
+                "Stripes",
+                "Symbolics-1",
+                "Symbolics-2",
+                "adwaita-day",
+                "adwaita-morning",
+                "adwaita-night",
+            )
         ],
     },
 }
@@ -353,7 +380,7 @@ def write_manifest() -> dict:
             ],
         }
     )
-    packages += [debian(key, spec) for key, spec in LATER_DEBIAN_PACKAGES.items()]
+    packages += [debian(key, spec) for key, spec in OTHER_DEBIAN_RELEASES.items()]
     manifest = {
         "about": "Sources of the autoquality corpus (inference/training/autoquality/gather.py): "
         "pinned packages, their sha256 and that of every member file used. The pictures are "
