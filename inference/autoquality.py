@@ -82,6 +82,9 @@ N_FEATURES = len(FEATURE_NAMES)
 # stays that of a ~100k-pixel image: a few ms (inference/training/autoquality/README.md).
 TILE = 64
 MAX_FEATURE_PIXELS = 16 * TILE * TILE
+# The tiles are read as whole rows of them when those rows hold at most this many bytes (a
+# 1920 px wide image: 4 rows, 1.5 MB), else tile by tile.
+MAX_STRIP_BYTES = 8 << 20
 LOG_DSSIM_FLOOR = math.log(1e-6)  # DSSIM below 1e-6 is noise (identical within rounding)
 
 # Full-range BT.601 R'G'B' -> Y'CbCr (as imagesvc.encoding.dssim), chroma centred on 0.
@@ -114,11 +117,29 @@ def features(image) -> np.ndarray:
     origins = _tile_origins(height, width)
     if origins is None:
         return features_of_pixels(image.numpy(), width, height)
-    tiles = [image.crop(x, y, TILE, TILE) for y, x in origins]
-    joined = pyvips.Image.arrayjoin(tiles, across=len(tiles)).numpy()
-    if joined.ndim == 2:
-        joined = joined[:, :, None]
-    regions = joined.reshape(TILE, len(tiles), TILE, -1).transpose(1, 0, 2, 3)
+    ys = sorted({y for y, _ in origins})
+    xs = sorted({x for _, x in origins})
+    left, span = xs[0], xs[-1] + TILE - xs[0]
+    if len(ys) * TILE * span * image.bands <= MAX_STRIP_BYTES:
+        # One strip per row of tiles (a few libvips calls, not two per tile: ~2 ms less at
+        # 16 tiles), the tiles cut from it in numpy. Same pixels, same order as below.
+        strips = [image.crop(left, y, span, TILE) for y in ys]
+        joined = pyvips.Image.arrayjoin(strips, across=1).numpy()
+        if joined.ndim == 2:
+            joined = joined[:, :, None]
+        regions = np.stack(
+            [
+                joined[row * TILE : (row + 1) * TILE, x - left : x - left + TILE]
+                for row in range(len(ys))
+                for x in xs
+            ]
+        )
+    else:
+        tiles = [image.crop(x, y, TILE, TILE) for y, x in origins]
+        joined = pyvips.Image.arrayjoin(tiles, across=len(tiles)).numpy()
+        if joined.ndim == 2:
+            joined = joined[:, :, None]
+        regions = joined.reshape(TILE, len(tiles), TILE, -1).transpose(1, 0, 2, 3)
     return _vector(regions, width, height)
 
 

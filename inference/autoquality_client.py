@@ -478,11 +478,18 @@ class QualityPredictor(TritonModelClient):
         loop: asyncio.AbstractEventLoop,
         features: np.ndarray,
         timeout_s: float | None = None,
+        *,
+        meanwhile: Callable[[], object] | None = None,
     ) -> Prediction:
         """``predict`` from a worker thread: runs it on ``loop`` (the running event loop that
         owns this predictor's channel) and waits for it, at most its timeout (``timeout_s``
-        capped by the instance's) plus BLOCKING_MARGIN_S; past that the call is cancelled and
-        `InferenceUnavailable` ``TRITON_TIMEOUT`` raised. Raises what ``predict`` raises.
+        capped by the instance's) plus BLOCKING_MARGIN_S from the call's start; past that the
+        call is cancelled and `InferenceUnavailable` ``TRITON_TIMEOUT`` raised. Raises what
+        ``predict`` raises.
+
+        ``meanwhile`` (optional) runs on this thread while the call is in flight (work the
+        caller needs anyway, done during the round trip instead of after it); what it raises
+        cancels the call and propagates.
 
         Must not be called on ``loop``'s own thread (it would wait on itself): that raises
         RuntimeError. A loop that is closed or not running raises `InferenceUnavailable`
@@ -502,9 +509,17 @@ class QualityPredictor(TritonModelClient):
             raise InferenceUnavailable(
                 "TRITON_UNAVAILABLE", "the event loop that calls Triton is not running"
             )
+        started = time.monotonic()
         future = asyncio.run_coroutine_threadsafe(self.predict(vector, timeout_s=timeout), loop)
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                future.cancel()
+                raise
         try:
-            return future.result(timeout=timeout + BLOCKING_MARGIN_S)
+            waited = time.monotonic() - started
+            return future.result(timeout=max(timeout + BLOCKING_MARGIN_S - waited, 0.0))
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise InferenceUnavailable(

@@ -465,10 +465,17 @@ class _Job:
     def prediction(self, image: pyvips.Image, formats: tuple[str, ...]) -> QualityPrediction | None:
         """The ML curves of ``formats`` for ``image``, asked once per result (best format asks
         for every candidate in one call); None, with the degradation noted once, when the
-        predictor cannot answer."""
+        predictor cannot answer. Unless the request trusts the prediction, the DSSIM
+        reference of ``image`` (which the check needs) is built while the answer is awaited."""
         if self._prediction is None and self.predictor is not None:
+            meanwhile = None
+            if self.spec.autoquality.allowed_error < TRUST_PREDICTION_ERROR:
+
+                def meanwhile() -> None:
+                    self.dssim_measure(image)
+
             try:
-                self._prediction = self.predictor.predict(image, formats)
+                self._prediction = self.predictor.predict(image, formats, meanwhile)
             except PredictionUnavailable as error:
                 self.predictor = None
                 self.degradations.append(

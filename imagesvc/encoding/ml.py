@@ -74,9 +74,16 @@ class QualityPrediction:
 
 
 class QualityPredictor(Protocol):
-    def predict(self, image: pyvips.Image, formats: Sequence[str]) -> QualityPrediction:
+    def predict(
+        self,
+        image: pyvips.Image,
+        formats: Sequence[str],
+        meanwhile: Callable[[], object] | None = None,
+    ) -> QualityPrediction:
         """Curves for ``formats`` of ``image`` (8-bit sRGB/grey, at output size, alpha allowed:
-        what the encoder encodes), or ``PredictionUnavailable``. Called from a worker thread."""
+        what the encoder encodes), or ``PredictionUnavailable``. Called from a worker thread.
+        ``meanwhile``: work of the caller's, run on that thread while the answer is awaited
+        (before it returns, in any case; what it raises propagates)."""
         ...
 
 
@@ -85,14 +92,22 @@ class _Client(Protocol):
 
     timeout_s: float
 
-    def predict_blocking(self, loop: asyncio.AbstractEventLoop, features, timeout_s: float): ...
+    def predict_blocking(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        features,
+        timeout_s: float,
+        *,
+        meanwhile: Callable[[], object] | None = None,
+    ): ...
 
 
 class TritonQualityPredictor:
     """A ``QualityPredictor`` for one request: features on the calling (worker) thread, the
     Triton call on ``loop`` through the client (its circuit breaker, its timeout), bounded by
     the time the request has left (``deadline``, ``time.monotonic()``). ``on_prediction``
-    (metrics) hears (version, seconds) of each answered call."""
+    (metrics) hears (version, seconds) of each answered call: the seconds the request waited
+    for it, the caller's ``meanwhile`` work left out."""
 
     def __init__(
         self,
@@ -109,7 +124,12 @@ class TritonQualityPredictor:
         self._features = features
         self._on_prediction = on_prediction
 
-    def predict(self, image: pyvips.Image, formats: Sequence[str]) -> QualityPrediction:
+    def predict(
+        self,
+        image: pyvips.Image,
+        formats: Sequence[str],
+        meanwhile: Callable[[], object] | None = None,
+    ) -> QualityPrediction:
         from inference import autoquality
         from inference.errors import InferenceError, InferenceUnavailable
 
@@ -122,16 +142,32 @@ class TritonQualityPredictor:
         timeout = min(self._client.timeout_s, self._deadline - time.monotonic())
         if timeout <= 0:
             raise PredictionUnavailable("TRITON_TIMEOUT", "no time left to ask the quality model")
+        overlapped = 0.0
+
+        def timed_meanwhile() -> None:
+            nonlocal overlapped
+            begun = time.perf_counter()
+            try:
+                meanwhile()
+            finally:
+                overlapped = time.perf_counter() - begun
+
         started = time.perf_counter()
         try:
-            prediction = self._client.predict_blocking(self._loop, features, timeout)
+            prediction = self._client.predict_blocking(
+                self._loop,
+                features,
+                timeout,
+                meanwhile=timed_meanwhile if meanwhile is not None else None,
+            )
         except (InferenceUnavailable, InferenceError) as error:
             reason = getattr(error, "reason", "TRITON_UNAVAILABLE")
             raise PredictionUnavailable(
                 reason, f"the quality model did not answer: {error}"
             ) from error
         if self._on_prediction is not None:
-            self._on_prediction(prediction.version, time.perf_counter() - started)
+            # The wait the call added: its round trip less the work done meanwhile.
+            self._on_prediction(prediction.version, time.perf_counter() - started - overlapped)
         curves = {}
         for fmt in formats:
             if fmt in prediction.curves:

@@ -52,9 +52,13 @@ class FakePredictor:
         self.error = error
         self.log_errors = log_errors or {}
         self.calls: list[tuple[str, ...]] = []
+        self.meanwhiles: list[bool] = []  # per call: whether the caller gave work to overlap
 
-    def predict(self, image, formats):
+    def predict(self, image, formats, meanwhile=None):
         self.calls.append(tuple(formats))
+        self.meanwhiles.append(meanwhile is not None)
+        if meanwhile is not None:
+            meanwhile()
         if self.error is not None:
             raise self.error
         curves = {f: c for f, c in self.curves.items() if f in formats}
@@ -127,6 +131,38 @@ def test_allowed_error_one_trusts_the_model(monkeypatch):
     assert decode(result.data).width == image.width
 
 
+@pytest.mark.parametrize("allowed_error", [0.002, 1.0])
+def test_the_dssim_reference_is_built_while_the_prediction_is_awaited(monkeypatch, allowed_error):
+    image = photo()
+    curve = measured_curve(image, "jpeg")
+    built = []
+    real_init = DssimReference.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DssimReference, "__init__", counting_init)
+
+    class Recording(FakePredictor):
+        def predict(self, image, formats, meanwhile=None):
+            answer = super().predict(image, formats, meanwhile)
+            self.built_by_the_answer = len(built)
+            return answer
+
+    predictor = Recording({"jpeg": curve})
+    result = encode(image, output("jpeg", allowed_error=allowed_error), predictor)
+    assert result.report.method == "ml"
+    if allowed_error < 1.0:
+        # Checked: the reference the check needs was built during the call, and only then.
+        assert predictor.meanwhiles == [True] and predictor.built_by_the_answer == 1
+        assert len(built) == 1
+        assert result.report.achieved_dssim == pytest.approx(dssim_of(image, result.data), rel=1e-6)
+    else:
+        # Trusted: no DSSIM, so nothing to build.
+        assert predictor.meanwhiles == [False] and built == []
+
+
 @pytest.mark.parametrize("allowed_error", [1.0, 0.002])
 def test_avif_encodes_only_at_the_requested_effort(monkeypatch, allowed_error):
     # No trial at effort 0 then the answer again: with a good curve, one encode.
@@ -191,8 +227,10 @@ class FakeClient:
         self.error = error
         self.timeouts = []
 
-    def predict_blocking(self, loop, features, timeout_s):
+    def predict_blocking(self, loop, features, timeout_s, *, meanwhile=None):
         self.timeouts.append(timeout_s)
+        if meanwhile is not None:
+            meanwhile()
         if self.error is not None:
             raise self.error
         import numpy as np
@@ -250,7 +288,7 @@ def test_an_image_too_small_for_the_features_is_searched_by_dssim():
     class NeverCalled:
         timeout_s = 0.5
 
-        def predict_blocking(self, loop, features, timeout_s):
+        def predict_blocking(self, loop, features, timeout_s, *, meanwhile=None):
             raise AssertionError("no features, no call")
 
     predictor = TritonQualityPredictor(NeverCalled(), None, time.monotonic() + 5)

@@ -196,6 +196,24 @@ def test_large_images_are_measured_on_tiles_at_output_resolution():
         assert b[index(name)] == pytest.approx(a[index(name)], rel=0.05), name
 
 
+@pytest.mark.parametrize("bands", [1, 3, 4])
+def test_a_large_image_reads_the_same_tiles_whether_by_rows_or_one_by_one(monkeypatch, bands):
+    # libvips cuts the tiles out of rows of them (few calls) or one by one (past
+    # MAX_STRIP_BYTES): the same pixels either way, and the same as numpy's cut of the array.
+    pixels = _noise(900, 1500, 20.0, seed=3)
+    pixels[:, :700] //= 3  # not one texture: a misplaced tile would show
+    if bands == 1:
+        pixels = pixels[:, :, 0]
+    elif bands == 4:
+        pixels = np.dstack([pixels, np.full(pixels.shape[:2], 255, np.uint8)])
+    by_rows = aq.features(_image(pixels))
+    monkeypatch.setattr(aq, "MAX_STRIP_BYTES", 0)
+    one_by_one = aq.features(_image(pixels))
+    np.testing.assert_allclose(by_rows, one_by_one, rtol=1e-6, atol=1e-6)
+    flat = pixels if bands != 4 else pixels[:, :, :3]
+    np.testing.assert_allclose(by_rows, aq.features_of_pixels(flat), rtol=1e-6, atol=1e-6)
+
+
 def test_features_refuse_what_they_cannot_measure():
     with pytest.raises(ValueError):
         aq.features_of_pixels(np.zeros((8, 8, 3), dtype=np.uint8))

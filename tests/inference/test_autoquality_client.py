@@ -450,6 +450,47 @@ async def test_predict_blocking_runs_on_the_loop_from_a_worker_thread():
     assert caught.value.reason == MISMATCH
 
 
+async def test_predict_blocking_runs_meanwhile_while_the_call_is_in_flight():
+    fake = FakeTriton(infer_delay=0.3)
+    predictor = _predictor(fake)
+    loop = asyncio.get_running_loop()
+    called = threading.Event()
+    original = fake.infer
+
+    async def infer(*args, **kwargs):
+        called.set()
+        return await original(*args, **kwargs)
+
+    fake.infer = infer
+    seen = []
+
+    def meanwhile():
+        # The call has been sent and has not answered: this work overlaps its round trip.
+        seen.append((called.wait(2.0), threading.get_ident()))
+
+    prediction = await asyncio.to_thread(
+        predictor.predict_blocking, loop, FEATURES, 1.0, meanwhile=meanwhile
+    )
+    assert prediction.version == SPEC.version
+    assert len(seen) == 1 and seen[0][0] and seen[0][1] != threading.get_ident()
+
+
+async def test_what_meanwhile_raises_propagates_and_the_call_is_left_not_cancelled():
+    fake = FakeTriton(infer_delay=0.3)
+    predictor = _predictor(fake)
+    loop = asyncio.get_running_loop()
+
+    def meanwhile():
+        raise TimeoutError("the request's deadline passed")
+
+    with pytest.raises(TimeoutError, match="deadline"):
+        await asyncio.to_thread(
+            predictor.predict_blocking, loop, FEATURES, 1.0, meanwhile=meanwhile
+        )
+    await predictor.close()  # lets the abandoned call finish first
+    assert predictor.abandoned_calls == 0 and not fake.cancelled
+
+
 async def test_predict_blocking_on_the_loop_thread_is_a_runtime_error():
     predictor = _predictor(FakeTriton())
     with pytest.raises(RuntimeError, match="loop's thread"):
