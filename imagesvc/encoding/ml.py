@@ -83,7 +83,8 @@ class QualityPredictor(Protocol):
         """Curves for ``formats`` of ``image`` (8-bit sRGB/grey, at output size, alpha allowed:
         what the encoder encodes), or ``PredictionUnavailable``. Called from a worker thread.
         ``meanwhile``: work of the caller's, run on that thread while the answer is awaited
-        (before it returns, in any case; what it raises propagates)."""
+        (what it raises propagates). It may not run at all when the predictor gives up before
+        asking (no features, no time left): the caller must not count on it having run."""
         ...
 
 
