@@ -67,23 +67,29 @@ GENERATOR = "inference/training/autoquality/train.py"
 # --- the training venv ----------------------------------------------------------------------
 
 
-def ensure_venv(argv: list[str]) -> None:
-    """Re-run this script in the training venv, creating it first when needed."""
-    if Path(sys.prefix).resolve() == VENV.resolve():
+def ensure_venv(
+    argv: list[str],
+    venv: Path = VENV,
+    requirements: Path = REQUIREMENTS,
+    script: Path = Path(__file__),
+) -> None:
+    """Re-run ``script`` in ``venv``, creating it from ``requirements`` (pinned, --no-deps)
+    first when it is missing or was made from other requirements."""
+    if Path(sys.prefix).resolve() == venv.resolve():
         return
-    python = VENV / "bin" / "python"
-    stamp = VENV / "requirements.txt"
-    if not python.is_file() or not stamp.is_file() or stamp.read_text() != REQUIREMENTS.read_text():
-        print(f"creating {VENV.relative_to(REPO_ROOT)} from requirements.txt", flush=True)
-        shutil.rmtree(VENV, ignore_errors=True)
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.txt"
+    if not python.is_file() or not stamp.is_file() or stamp.read_text() != requirements.read_text():
+        print(f"creating {venv.relative_to(REPO_ROOT)} from {requirements.name}", flush=True)
+        shutil.rmtree(venv, ignore_errors=True)
         base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(REQUIREMENTS)],
+            [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-r", str(requirements)],
             check=True,
         )
-        shutil.copyfile(REQUIREMENTS, stamp)
-    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+        shutil.copyfile(requirements, stamp)
+    os.execv(str(python), [str(python), str(Path(script).resolve()), *argv])
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -291,8 +297,8 @@ def summary_score(metrics: dict) -> float:
 
 
 # name -> (estimator kind, options, input): "features" (inference.autoquality) or "pixels"
-# (the sample squeezed to 32x32 RGB: what a small learned-from-pixels model would see; no
-# CNN framework is installable here without CUDA wheels, so an MLP on the pixels stands in).
+# (the sample squeezed to 32x32 RGB, an MLP on it: the first stand-in for a learned-from-pixels
+# model; real CNNs on the pixels are compared by compare_cnn.py, which installs PyTorch).
 CANDIDATES = {
     "ridge": ("ridge", {"alpha": 10.0}, "features"),
     "knn": ("knn", {"k": 7}, "features"),
