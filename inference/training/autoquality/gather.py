@@ -7,7 +7,8 @@ bundled photographs, expanded with seeded crops and resizes to the sizes people 
 Every source image is a member file of a pinned package: the Debian packages are fetched with
 ``apt-get download <name>=<version>`` (run ``apt-get update`` once on the machine first), or,
 for other releases of two of them (``OTHER_DEBIAN_RELEASES``: designs the pinned release
-does not have), from the same Debian archive's pool by URL; each is checked against the sha256
+does not have), from the pool of the Debian archive the machine's apt sources name (its
+``pool_path`` in the manifest); each is checked against the sha256
 in ``manifest.json`` (committed), as is every member read from them. scikit-image's photographs
 come from the scikit-image installed in the service's venv (version pinned there and checked
 here). Nothing else is fetched. gnome-backgrounds 48 ships JPEG XL, which libvips here does not
@@ -259,7 +260,35 @@ OTHER_DEBIAN_RELEASES = {
         ],
     },
 }
-DEBIAN_ARCHIVE = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
+
+
+def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
+    """The Debian archive this machine's apt is set up with (its main, not security, entry):
+    the other releases come from that archive's pool, as apt-get would fetch them."""
+    entries: list[str] = []
+    for path in sources:
+        files = (
+            sorted(path.glob("*.sources")) + sorted(path.glob("*.list"))
+            if path.is_dir()
+            else [path]
+        )
+        for file in files:
+            if not file.is_file():
+                continue
+            for line in file.read_text().splitlines():
+                words = line.split("#", 1)[0].split()
+                if words[:1] == ["URIs:"]:
+                    entries += words[1:]
+                elif words[:1] == ["deb"]:
+                    entries += [w for w in words[1:] if "://" in w][:1]
+    for uri in entries:
+        if uri.rstrip("/").endswith("/debian"):
+            return uri.rstrip("/")
+    raise RuntimeError(
+        "no Debian archive in the apt sources (" + ", ".join(map(str, sources)) + ")"
+    )
+
 
 SKIMAGE_PHOTOS = (
     "astronaut.png",
@@ -303,11 +332,12 @@ def fetch(package: dict) -> Path:
     if not target.is_file():
         DOWNLOADS.mkdir(parents=True, exist_ok=True)
         spec = f"{package['name']}={package['version']}"
-        if package.get("url"):  # a release the machine's apt sources do not list
+        if package.get("pool_path"):  # a release the machine's apt sources do not list
             import urllib.request
 
             partial = target.with_suffix(".part")
-            with urllib.request.urlopen(package["url"], timeout=120) as response:
+            url = f"{debian_mirror()}/{package['pool_path']}"
+            with urllib.request.urlopen(url, timeout=120) as response:
                 partial.write_bytes(response.read())
             partial.rename(target)
         else:
@@ -358,7 +388,7 @@ def write_manifest() -> dict:
             "licence": spec["licence"],
         }
         if spec.get("pool"):
-            package["url"] = f"{DEBIAN_ARCHIVE}/{spec['pool']}/{package['file']}"
+            package["pool_path"] = f"{spec['pool']}/{package['file']}"
         deb = fetch(package)
         package["sha256"] = sha256(deb.read_bytes())
         data = deb_members(deb, spec["members"])
